@@ -1,0 +1,23 @@
+"""The two kinds of failure the contract distinguishes.
+
+A `PermanentError` will fail the same way however often it is delivered: the function
+acknowledges it with a `failed` completion event and an ERROR log line that says how to fix it.
+Anything transient that outlasts the bounded retries (`TransientError`) is raised instead, so
+Pub/Sub or Eventarc delivers the event again.
+"""
+
+
+class PermanentError(Exception):
+    """Bad input or a refused request: delivering it again cannot help."""
+
+
+class RequestError(PermanentError):
+    """The bootstrap request (or the event carrying it) is malformed."""
+
+
+class RefusedError(PermanentError):
+    """A destructive request without all three consents (flag, deployment, confirm)."""
+
+
+class TransientError(RuntimeError):
+    """A dependency kept failing transiently past the retry deadline; delivering again may work."""

@@ -1,0 +1,102 @@
+"""The bootstrap request of the contract: parsing and validation (pure).
+
+Unknown fields are errors, never ignored: a misspelt `force_recreate_tables` must not be read
+as "not forced". Booleans must be JSON booleans ("false" is a string, and truthy).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import RequestError
+
+MAX_DATA_BYTES = 64 * 1024  # a request is a few hundred bytes; anything huge is a mistake
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/#@+=-]{1,256}$")
+TABLE_NAME = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
+FIELDS = {
+    "request_id": str,
+    "tables": list,
+    "dry_run": bool,
+    "force_recreate_tables": bool,
+    "force_recreate_dataset": bool,
+    "confirm": str,
+}
+
+
+@dataclass(frozen=True)
+class BootstrapRequest:
+    request_id: str
+    tables: tuple[str, ...] | None = None  # None: every declared table
+    dry_run: bool = False
+    force_recreate_tables: bool = False
+    force_recreate_dataset: bool = False
+    confirm: str | None = None
+
+    @property
+    def destructive(self) -> bool:
+        return self.force_recreate_tables or self.force_recreate_dataset
+
+
+def parse_request(data: bytes, default_id: str) -> BootstrapRequest:
+    """Parse Pub/Sub message data; empty data (or `{}`) means "ensure every table"."""
+    if len(data) > MAX_DATA_BYTES:
+        raise RequestError(
+            f"the message data is {len(data)} bytes; a bootstrap request is at most {MAX_DATA_BYTES}"
+        )
+    if not data.strip():
+        return request_from_fields({}, default_id)
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RequestError(f"the message data is not JSON ({exc}); send a JSON object such as {{}}") from None
+    if not isinstance(doc, dict):
+        raise RequestError(f"the message data must be a JSON object, not a JSON {type(doc).__name__}")
+    return request_from_fields(doc, default_id)
+
+
+def request_from_fields(doc: dict[str, Any], default_id: str) -> BootstrapRequest:
+    errors: list[str] = []
+    unknown = sorted(set(doc) - set(FIELDS))
+    if unknown:
+        errors.append(f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(FIELDS)}")
+    for name, kind in FIELDS.items():
+        value = doc.get(name)
+        if value is not None and not (
+            isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+        ):
+            errors.append(f"{name} must be a {_type_words(kind)}, not {json.dumps(value)[:60]}")
+    request_id = doc.get("request_id")
+    if isinstance(request_id, str) and not REQUEST_ID.match(request_id):
+        errors.append("request_id must be 1-256 characters: letters, digits and ._:/#@+=-")
+    tables = doc.get("tables")
+    if isinstance(tables, list):
+        if not tables:
+            errors.append("tables is empty; omit it to ensure every table, or name at least one")
+        bad = [t for t in tables if not isinstance(t, str) or not TABLE_NAME.match(t)]
+        if bad:
+            errors.append(f"tables holds invalid table names: {json.dumps(bad)[:200]}")
+        elif len(set(tables)) != len(tables):
+            errors.append("tables names a table twice")
+    confirm = doc.get("confirm")
+    forced = doc.get("force_recreate_tables") is True or doc.get("force_recreate_dataset") is True
+    if confirm is not None and not forced and isinstance(confirm, str):
+        errors.append(
+            "confirm is given but no force flag is set; remove it, or set the force flag it confirms"
+        )
+    if errors:
+        raise RequestError("invalid bootstrap request: " + "; ".join(errors))
+    return BootstrapRequest(
+        request_id=request_id or default_id,
+        tables=tuple(tables) if tables else None,
+        dry_run=bool(doc.get("dry_run", False)),
+        force_recreate_tables=bool(doc.get("force_recreate_tables", False)),
+        force_recreate_dataset=bool(doc.get("force_recreate_dataset", False)),
+        confirm=confirm,
+    )
+
+
+def _type_words(kind: type) -> str:
+    return {str: "string", list: "list of table names", bool: "boolean (true or false)"}[kind]

@@ -1,0 +1,41 @@
+"""One bootstrap run, wired from its parts: read the schemas, validate, plan and apply.
+
+The CLI and the CloudEvent handler both come through here. Clients are created on first use
+and kept for the life of the process (a warm function instance reuses them).
+"""
+
+from __future__ import annotations
+
+import functools
+
+from google.cloud import bigquery, storage
+
+from .bigquery_adapter import BigQueryAdapter, make_client
+from .config import Settings
+from .engine import Engine, EnsureResult
+from .model import DeclaredState
+from .request import BootstrapRequest
+from .schema_files import load_declared_state
+from .sources import read_source
+
+
+@functools.cache
+def bigquery_client(settings: Settings) -> bigquery.Client:
+    return make_client(settings)
+
+
+@functools.cache
+def storage_client(settings: Settings) -> storage.Client:
+    return storage.Client(project=settings.project)
+
+
+def load_declared(settings: Settings, files: dict[str, bytes] | None = None) -> DeclaredState:
+    """Validate the declared state (from `files`, or read from SCHEMA_SOURCE)."""
+    if files is None:
+        files = read_source(settings.schema_source, lambda: storage_client(settings))
+    return load_declared_state(files)
+
+
+def run(request: BootstrapRequest, settings: Settings, declared: DeclaredState) -> EnsureResult:
+    adapter = BigQueryAdapter(bigquery_client(settings), settings.dataset, settings.retry_deadline)
+    return Engine(declared, settings, adapter).ensure(request)
