@@ -32,7 +32,7 @@ def storage_client(settings: Settings) -> storage.Client:
 def load_declared(settings: Settings, files: dict[str, bytes] | None = None) -> DeclaredState:
     """Validate the declared state (from `files`, or read from SCHEMA_SOURCE)."""
     if files is None:
-        files = read_source(settings.schema_source, lambda: storage_client(settings))
+        files = read_source(settings.schema_source, lambda: storage_client(settings), settings.retry_deadline)
     return load_declared_state(files)
 
 

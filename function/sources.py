@@ -8,10 +8,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from google.api_core import exceptions as gexc
 from google.cloud import storage
+from google.cloud.storage.retry import DEFAULT_RETRY
 
 from .errors import PermanentError
 from .schema_files import is_schema_file
+
+REQUEST_TIMEOUT = 30.0
+
+
+class Superseded(Exception):
+    """The uploaded generation is no longer the live one: a newer upload has its own event."""
 
 
 def parse_gcs_uri(uri: str) -> tuple[str, str]:
@@ -32,24 +40,39 @@ def read_folder(folder: str | Path) -> dict[str, bytes]:
 
 
 def read_prefix(
-    client: storage.Client, bucket: str, prefix: str, pinned: dict[str, int] | None = None
+    client: storage.Client, bucket: str, prefix: str, deadline: float, pinned: tuple[str, int] | None = None
 ) -> dict[str, bytes]:
-    """The schema files directly under `prefix`; a name in `pinned` is read at exactly that
-    generation (the one an upload event names), the others at their live generation."""
-    pinned = pinned or {}
-    files: dict[str, bytes] = {}
-    for blob in client.list_blobs(bucket, prefix=prefix, delimiter="/"):
-        name = blob.name[len(prefix) :]
-        if is_schema_file(name) and name not in pinned:
-            files[name] = blob.download_as_bytes(if_generation_match=blob.generation)
-    for name, generation in pinned.items():
-        blob = client.bucket(bucket).blob(prefix + name, generation=generation)
-        files[name] = blob.download_as_bytes()
-    return files
+    """The schema files directly under `prefix`, each read at the generation the listing saw
+    (so a file replaced meanwhile is not mixed in). `pinned` (name, generation) is the upload
+    being handled: if that generation is no longer live, raise `Superseded`."""
+    retry = DEFAULT_RETRY.with_timeout(deadline)
+    try:
+        blobs = {
+            b.name[len(prefix) :]: b
+            for b in client.list_blobs(
+                bucket, prefix=prefix, delimiter="/", retry=retry, timeout=REQUEST_TIMEOUT
+            )
+        }
+        if pinned is not None:
+            live = blobs.get(pinned[0])
+            if live is None or live.generation != pinned[1]:
+                now = "deleted" if live is None else f"generation {live.generation}"
+                raise Superseded(f"{prefix}{pinned[0]}#{pinned[1]} is no longer live (now {now})")
+        return {
+            name: blob.download_as_bytes(
+                if_generation_match=blob.generation, retry=retry, timeout=REQUEST_TIMEOUT
+            )
+            for name, blob in sorted(blobs.items())
+            if is_schema_file(name)
+        }
+    except (gexc.NotFound, gexc.Forbidden) as exc:
+        raise PermanentError(f"cannot read the schemas in gs://{bucket}/{prefix}: {exc.message}") from exc
 
 
-def read_source(source: str, storage_client: Callable[[], storage.Client]) -> dict[str, bytes]:
+def read_source(
+    source: str, storage_client: Callable[[], storage.Client], deadline: float
+) -> dict[str, bytes]:
     if source.startswith("gs://"):
         bucket, prefix = parse_gcs_uri(source)
-        return read_prefix(storage_client(), bucket, prefix)
+        return read_prefix(storage_client(), bucket, prefix, deadline)
     return read_folder(source)

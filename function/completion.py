@@ -1,0 +1,68 @@
+"""The completion event: a CloudEvent published to Pub/Sub in binary content mode.
+
+Google's Pub/Sub protocol binding for CloudEvents puts each context attribute in a message
+attribute prefixed `ce-` and the data content type in `content-type`; the message data is the
+event data. `cloudevents.conversion.to_binary` gives exactly those headers, and `from_http`
+parses them back, so a consumer can use the same library (see `parse_message`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from cloudevents.conversion import to_binary
+from cloudevents.http import CloudEvent, from_http
+from google.api_core.retry import Retry
+from google.cloud import pubsub_v1
+
+from .config import Settings
+
+EVENT_TYPES = {
+    "succeeded": "com.convergence.bootstrap.v1.completed",
+    "failed": "com.convergence.bootstrap.v1.failed",
+    "planned": "com.convergence.bootstrap.v1.planned",
+}
+SOURCE = "//bootstrap.convergence/projects/{project}/datasets/{dataset}"
+
+
+def build_event(settings: Settings, data: dict[str, Any]) -> CloudEvent:
+    attributes = {
+        "id": uuid.uuid4().hex,
+        "source": SOURCE.format(project=settings.project, dataset=settings.dataset),
+        "type": EVENT_TYPES[data["status"]],
+        "subject": settings.dataset,
+        "time": data["finished_at"],
+        "datacontenttype": "application/json",
+    }
+    return CloudEvent(attributes, data)
+
+
+def to_message(event: CloudEvent) -> tuple[bytes, dict[str, str]]:
+    """(message data, message attributes) in binary content mode."""
+    headers, body = to_binary(event, data_marshaller=lambda d: json.dumps(d, sort_keys=True))
+    body = body.encode() if isinstance(body, str) else body
+    return body, {key.lower(): str(value) for key, value in headers.items()}
+
+
+def parse_message(data: bytes, attributes: Mapping[str, str]) -> CloudEvent:
+    """The consumer's side: a Pub/Sub message of this binding back into a CloudEvent."""
+    return from_http(dict(attributes), data)
+
+
+@functools.cache
+def publisher() -> pubsub_v1.PublisherClient:
+    return pubsub_v1.PublisherClient()
+
+
+def publish(settings: Settings, event: CloudEvent) -> str:
+    """Publish and wait for the server's message id (a failure raises, so the trigger retries)."""
+    client = publisher()
+    data, attributes = to_message(event)
+    topic = client.topic_path(settings.project, settings.completion_topic)
+    retry = Retry(initial=0.25, maximum=8.0, multiplier=2.0, timeout=settings.retry_deadline)
+    future = client.publish(topic, data, retry=retry, timeout=settings.retry_deadline, **attributes)
+    return future.result(timeout=settings.retry_deadline + 5)
