@@ -1,22 +1,29 @@
 """`python -m function ...`: the operator's commands, on the same engine as the function.
 
-plan   exit 0 when nothing would change, 2 when something would (a drift check for cron/CI)
-apply  exit 0 when the declared state holds, 1 when it does not
+plan     exit 0 when nothing would change, 2 when something would (a drift check for cron/CI)
+apply    exit 0 when the declared state holds, 1 when it does not
+publish  send a bootstrap request to the function; with --wait, exit 0 completed/planned, 1 failed
+sync     validate a schema folder and upload the changed files to the schema bucket
+upload   validate one file (with the bucket's others) and upload it
 Bad input or configuration exits 1 with the reason; nothing is sent to BigQuery then.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 from . import runner
-from .config import Settings
-from .engine import EnsureResult
+from .config import BUNDLED_SCHEMAS, Settings
+from .engine import EnsureResult, TableResult
 from .errors import PermanentError, TransientError
+from .publish import CompletionWatch, publish_request
 from .request import request_from_fields
+from .sync import sync_folder, upload_file
 
 SYMBOLS = {
     "created": "+",
@@ -82,16 +89,92 @@ def _apply(args: argparse.Namespace) -> int:
     return 1 if result.status == "failed" else 0
 
 
+def _publish(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    fields = {
+        "request_id": args.request_id or _local_id(),
+        "tables": args.tables,
+        "dry_run": args.dry_run or None,
+        "force_recreate_tables": args.force_recreate_tables or None,
+        "force_recreate_dataset": args.force_recreate_dataset or None,
+        "confirm": args.confirm,
+    }
+    request = {k: v for k, v in fields.items() if v is not None}
+    request_from_fields(request, "")  # refuse a malformed request here, not in the function
+    topic = args.topic or os.environ.get("BOOTSTRAP_REQUESTS_TOPIC", "bootstrap-requests")
+    watch = (
+        CompletionWatch(settings.project, settings.completion_topic, args.subscription) if args.wait else None
+    )
+    try:
+        message_id = publish_request(settings.project, topic, request)
+        print(f"published request {request['request_id']} (message {message_id}) to {topic}")
+        if watch is None:
+            return 0
+        event = watch.wait(request["request_id"], args.timeout, _progress)
+    finally:
+        if watch is not None:
+            watch.close()
+    if event is None:
+        print(f"\nno completion event for {request['request_id']} within {args.timeout:g} s", file=sys.stderr)
+        return 1
+    print(f"\n{event['type']}")
+    print(render_event(event.data))
+    return 1 if event.data["status"] == "failed" else 0
+
+
+def _sync(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    target = _target(args, settings)
+    uploaded = sync_folder(runner.storage_client(settings), args.source, target)
+    print(f"uploaded to {target}: {', '.join(uploaded) if uploaded else 'nothing (all files unchanged)'}")
+    return 0
+
+
+def _upload(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    target = _target(args, settings)
+    uploaded = upload_file(runner.storage_client(settings), args.file, target, settings.retry_deadline)
+    print(f"uploaded to {target}: {', '.join(uploaded) if uploaded else 'nothing (the file is unchanged)'}")
+    return 0
+
+
+def _target(args: argparse.Namespace, settings: Settings) -> str:
+    target = args.to or settings.schema_source
+    if not target.startswith("gs://"):
+        raise PermanentError(f"upload target {target!r}: set SCHEMA_SOURCE=gs://BUCKET/PREFIX/ or pass --to")
+    return target
+
+
+def _progress(elapsed: float) -> None:
+    print(f"\rwaiting for the completion event... {elapsed:4.0f} s", end="", file=sys.stderr, flush=True)
+
+
+def render_event(data: dict[str, Any]) -> str:
+    """A completion event's data, rendered like an apply result."""
+    result = EnsureResult(
+        dataset=data["dataset"],
+        dataset_action=data.get("dataset_action") or "not reached",
+        dry_run=data["dry_run"],
+        dataset_error=data.get("error"),
+        tables=[
+            TableResult(t["table"], t["action"], tuple(t["changes"]), t["error"]) for t in data["tables"]
+        ],
+    )
+    header = f"request {data['request_id']}: {data['status']} in {data['duration_ms']} ms"
+    return header + "\n" + render(result, planning=data["dry_run"])
+
+
 def render(result: EnsureResult, *, planning: bool) -> str:
     """A Terraform-like listing: one line per table, its changes (or why it is blocked) below."""
     words = PLAN_WORDS if planning else {}
-    lines = [f"dataset {result.dataset}: {words.get(result.dataset_action, result.dataset_action)}"]
+    action = result.dataset_action
+    lines = [f"dataset {result.dataset}: {words.get(action, action)}"]
     lines += [f"    {c}" for c in result.dataset_changes]
     if result.dataset_error:
         lines.append(f"    error: {result.dataset_error}")
     width = max((len(t.table) for t in result.tables), default=0)
     for t in result.tables:
-        lines.append(f"  {SYMBOLS[t.action]:>3} {t.table:<{width}}  {words.get(t.action, t.action)}")
+        lines.append(f"  {SYMBOLS.get(t.action, '?'):>3} {t.table:<{width}}  {words.get(t.action, t.action)}")
         lines += [f"        {c}" for c in t.changes]
         if t.error:
             lines.append(f"        error: {t.error}")
@@ -133,4 +216,34 @@ def _parser() -> argparse.ArgumentParser:
         help="give this run the deployment's consent (ALLOW_DESTRUCTIVE) to recreate",
     )
     apply.set_defaults(handler=_apply)
+
+    publish = sub.add_parser("publish", help="publish a bootstrap request to the requests topic")
+    common(publish)
+    publish.add_argument("--request-id", help="idempotency key (default: a new id)")
+    publish.add_argument("--dry-run", action="store_true", help="plan only")
+    force = publish.add_mutually_exclusive_group()
+    force.add_argument("--force-recreate-tables", action="store_true")
+    force.add_argument("--force-recreate-dataset", action="store_true")
+    publish.add_argument("--confirm", metavar="DATASET")
+    publish.add_argument(
+        "--topic", help="requests topic (default: BOOTSTRAP_REQUESTS_TOPIC or bootstrap-requests)"
+    )
+    publish.add_argument(
+        "--wait", action="store_true", help="wait for the completion event; exit 1 if failed"
+    )
+    publish.add_argument("--timeout", type=float, default=300.0, help="seconds to wait (default 300)")
+    publish.add_argument("--subscription", help="existing pull subscription on the completion topic")
+    publish.set_defaults(handler=_publish)
+
+    sync = sub.add_parser("sync", help="validate a schema folder and upload what changed to the bucket")
+    common(sync)
+    sync.add_argument("--source", default=str(BUNDLED_SCHEMAS), help="folder (default: the bundled schemas/)")
+    sync.add_argument("--to", help="gs://BUCKET/PREFIX/ (default: SCHEMA_SOURCE)")
+    sync.set_defaults(handler=_sync)
+
+    upload = sub.add_parser("upload", help="validate one schema file with the bucket's others and upload it")
+    common(upload)
+    upload.add_argument("file", help="a <table>.json schema file or bootstrap.yaml")
+    upload.add_argument("--to", help="gs://BUCKET/PREFIX/ (default: SCHEMA_SOURCE)")
+    upload.set_defaults(handler=_upload)
     return parser
