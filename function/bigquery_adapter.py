@@ -171,7 +171,7 @@ def table_spec(table: bigquery.Table) -> TableSpec:
     if tp is not None:
         expiration = int(tp.expiration_ms) if tp.expiration_ms else None
         partitioning = TimePartitioning(tp.type_ or "DAY", tp.field, expiration)
-    rpf = bool(table.require_partition_filter or (tp is not None and tp.require_partition_filter))
+    rpf = bool(table.require_partition_filter)
     return TableSpec(
         name=table.table_id,
         columns=tuple(column_from_api(f) for f in resource.get("schema", {}).get("fields", [])),

@@ -108,7 +108,8 @@ def _number(env: Mapping[str, str], name: str, default: float, kind: type, low: 
     try:
         value = kind(text)
     except ValueError:
-        raise ConfigError(f"{name}={text!r} is not a number") from None
+        what = "a whole number" if kind is int else "a number"
+        raise ConfigError(f"{name}={text!r} is not {what}") from None
     if not low <= value <= high:
         raise ConfigError(f"{name}={text!r}: must be between {low:g} and {high:g}")
     return value

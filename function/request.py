@@ -53,7 +53,7 @@ def parse_request(data: bytes, default_id: str) -> BootstrapRequest:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RequestError(f"the message data is not JSON ({exc}); send a JSON object such as {{}}") from None
     if not isinstance(doc, dict):
-        raise RequestError(f"the message data must be a JSON object, not a JSON {type(doc).__name__}")
+        raise RequestError(f"the message data must be a JSON object, not a JSON {json_kind(doc)}")
     return request_from_fields(doc, default_id)
 
 
@@ -96,6 +96,17 @@ def request_from_fields(doc: dict[str, Any], default_id: str) -> BootstrapReques
         force_recreate_dataset=bool(doc.get("force_recreate_dataset", False)),
         confirm=confirm,
     )
+
+
+def json_kind(value: Any) -> str:
+    """What JSON calls the value's type (a user never wrote a Python "list" or "NoneType")."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
 
 
 def _type_words(kind: type) -> str:

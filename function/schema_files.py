@@ -26,6 +26,7 @@ from .model import (
     canonical_type,
     sorted_labels,
 )
+from .request import json_kind
 
 MANIFEST_NAME = "bootstrap.yaml"
 MAX_NESTING = 15  # BigQuery's limit on nested RECORD levels
@@ -183,7 +184,7 @@ def _parse_schema_file(name: str, data: bytes, errors: list[SchemaError]) -> tup
                 name,
                 "",
                 "must be a JSON array of fields, as `bq show --schema` prints "
-                f"(found a JSON {type(doc).__name__})",
+                f"(found a JSON {json_kind(doc)})",
             )
         )
         return None
@@ -257,7 +258,9 @@ def _parse_field(
         bad('needs a "type" (a string such as STRING, INT64, TIMESTAMP or RECORD)')
     elif type_ is None:
         bad(f"unknown type {raw_type!r}; use a BigQuery type such as STRING, INT64, NUMERIC, RECORD")
-    raw_mode = item.get("mode", "NULLABLE")
+    raw_mode = item.get("mode")
+    if raw_mode is None:  # absent or null: the API's default, as for "description"
+        raw_mode = "NULLABLE"
     mode = raw_mode.strip().upper() if isinstance(raw_mode, str) else None
     if mode not in MODES:
         bad(f"unknown mode {raw_mode!r}; use NULLABLE, REQUIRED or REPEATED")
@@ -382,7 +385,7 @@ def _table_spec(
     rpf = entry.get("require_partition_filter", False)
     if not isinstance(rpf, bool):
         errors.append(SchemaError(MANIFEST_NAME, f"{path}.require_partition_filter", "must be true or false"))
-    elif rpf and partitioning is None:
+    elif rpf and partitioning is None and entry.get("time_partitioning") is None:
         errors.append(
             SchemaError(
                 MANIFEST_NAME,
