@@ -31,6 +31,7 @@ TYPE_ALIASES: dict[str, str] = {
     "GEOGRAPHY": "GEOGRAPHY",
     "JSON": "JSON",
     "INTERVAL": "INTERVAL",
+    "RANGE": "RANGE",
     "RECORD": "RECORD",
     "STRUCT": "RECORD",
 }

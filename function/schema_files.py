@@ -31,6 +31,7 @@ from .request import json_kind
 MANIFEST_NAME = "bootstrap.yaml"
 MAX_NESTING = 15  # BigQuery's limit on nested RECORD levels
 MAX_CLUSTERING = 4
+RANGE_ELEMENTS = {"DATE", "DATETIME", "TIMESTAMP"}
 TABLE_NAME = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
 COLUMN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,299}$")
 RESERVED_PREFIXES = ("_TABLE_", "_FILE_", "_PARTITION", "_ROW_TIMESTAMP", "__ROOT__", "_COLON_")
@@ -65,6 +66,7 @@ PASS_THROUGH_KEYS = {
     "roundingMode",
     "dataPolicies",
     "foreignTypeDefinition",
+    "rangeElementType",
 }
 FIELD_KEYS = {"name", "type", "mode", "description", "fields"} | PASS_THROUGH_KEYS
 MANIFEST_KEYS = {"dataset", "tables"}
@@ -175,7 +177,7 @@ def _parse_schema_file(name: str, data: bytes, errors: list[SchemaError]) -> tup
         return None
     try:
         doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         errors.append(SchemaError(name, "", f"is not valid JSON ({exc}); fix the syntax"))
         return None
     if not isinstance(doc, list):
@@ -202,7 +204,7 @@ def _parse_fields(
     columns: list[Column] = []
     seen: dict[str, str] = {}
     for index, item in enumerate(items):
-        where = f"{parent}[{index}]" if not parent else f"{parent}.[{index}]"
+        where = f"{parent}[{index}]"
         if not isinstance(item, dict):
             errors.append(SchemaError(file, where, "each field must be a JSON object"))
             continue
@@ -280,6 +282,10 @@ def _parse_field(
             ok = ok and len(errors) == before
     elif sub_items and type_ is not None:
         bad(f'only a RECORD may have "fields" (this column is {type_}); change the type or remove them')
+    if type_ == "RANGE":
+        element = item.get("rangeElementType")
+        if not isinstance(element, dict) or str(element.get("type", "")).upper() not in RANGE_ELEMENTS:
+            bad('a RANGE needs "rangeElementType": {"type": "DATE"} (or DATETIME or TIMESTAMP)')
     if not ok:
         return None
     extra = tuple(sorted((k, item[k]) for k in PASS_THROUGH_KEYS if k in item))
@@ -294,7 +300,7 @@ def _parse_manifest(data: bytes | None, errors: list[SchemaError]) -> dict[str, 
         return {}
     try:
         doc = yaml.safe_load(data)
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, RecursionError) as exc:
         errors.append(SchemaError(MANIFEST_NAME, "", f"is not valid YAML ({exc}); fix the syntax"))
         return {}
     if doc is None:
@@ -382,6 +388,7 @@ def _table_spec(
     top = {c.name.lower(): c for c in columns}
     partitioning = _partitioning(entry.get("time_partitioning"), top, f"{path}.time_partitioning", errors)
     clustering = _clustering(entry.get("clustering"), top, f"{path}.clustering", errors)
+    labels = entry.get("labels")
     rpf = entry.get("require_partition_filter", False)
     if not isinstance(rpf, bool):
         errors.append(SchemaError(MANIFEST_NAME, f"{path}.require_partition_filter", "must be true or false"))
@@ -399,7 +406,7 @@ def _table_spec(
         name=table,
         columns=columns,
         description=entry.get("description") or "",
-        labels=sorted_labels(entry.get("labels")),
+        labels=sorted_labels(labels if isinstance(labels, dict) else None),  # else already reported
         partitioning=partitioning,
         clustering=clustering,
         require_partition_filter=rpf,

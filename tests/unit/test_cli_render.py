@@ -1,0 +1,97 @@
+"""cli.render: the listing an operator reads after `plan` or `apply`."""
+
+from __future__ import annotations
+
+from function.cli import render
+from function.engine import EnsureResult, TableResult
+
+
+def _result(dry_run: bool) -> EnsureResult:
+    return EnsureResult(
+        dataset="tenants",
+        dataset_action="updated",
+        dry_run=dry_run,
+        dataset_changes=("description: 'Old.' -> 'New.'",),
+        tables=[
+            TableResult("tenant_profiles", "created", ("create table with 3 columns",)),
+            TableResult(
+                "tenant_api_keys",
+                "updated",
+                ("add column note NULLABLE STRING", "label domain: (unset) -> 'x'"),
+            ),
+            TableResult("quotas", "unchanged"),
+            TableResult(
+                "runs",
+                "blocked",
+                ("column calls changes type INTEGER -> STRING: needs the table recreated",),
+                "needs recreation, left untouched: column calls changes type",
+            ),
+            TableResult("queue", "recreated", ("drop and recreate: create table with 2 columns",)),
+        ],
+    )
+
+
+def test_plan_listing() -> None:
+    assert render(_result(dry_run=True), planning=True) == "\n".join(
+        [
+            "dataset tenants: update in place",
+            "    description: 'Old.' -> 'New.'",
+            "    + tenant_profiles  create",
+            "        create table with 3 columns",
+            "    ~ tenant_api_keys  update in place",
+            "        add column note NULLABLE STRING",
+            "        label domain: (unset) -> 'x'",
+            "    = quotas           unchanged",
+            "    ! runs             blocked",
+            "        column calls changes type INTEGER -> STRING: needs the table recreated",
+            "        error: needs recreation, left untouched: column calls changes type",
+            "  -/+ queue            recreate",
+            "        drop and recreate: create table with 2 columns",
+            "",
+            "Plan: 1 blocked, 1 create, 1 recreate, 1 unchanged, 1 update in place.",
+        ]
+    )
+
+
+def test_apply_listing_uses_past_tense_words() -> None:
+    text = render(_result(dry_run=False), planning=False)
+    lines = text.splitlines()
+    assert lines[0] == "dataset tenants: updated"
+    assert "    + tenant_profiles  created" in lines
+    assert "    ~ tenant_api_keys  updated" in lines
+    assert "  -/+ queue            recreated" in lines
+    assert "        error: needs recreation, left untouched: column calls changes type" in lines
+    assert lines[-1] == "Result: 1 blocked, 1 created, 1 recreated, 1 unchanged, 1 updated."
+    assert "update in place" not in text
+
+
+def test_failures_and_dataset_errors_are_shown() -> None:
+    result = EnsureResult(
+        dataset="tenants",
+        dataset_action="blocked",
+        dry_run=False,
+        dataset_error="location: the dataset is in EU, the deployment declares US",
+        tables=[
+            TableResult("a", "failed", (), "not attempted: dataset step failed"),
+            TableResult("bb", "failed", (), "BigQuery refused the change: denied"),
+        ],
+    )
+    assert render(result, planning=False) == "\n".join(
+        [
+            "dataset tenants: blocked",
+            "    error: location: the dataset is in EU, the deployment declares US",
+            "    x a   failed",
+            "        error: not attempted: dataset step failed",
+            "    x bb  failed",
+            "        error: BigQuery refused the change: denied",
+            "",
+            "Result: 2 failed.",
+        ]
+    )
+    assert result.status == "failed"
+
+
+def test_no_tables() -> None:
+    result = EnsureResult("tenants", "unchanged", dry_run=True)
+    assert render(result, planning=True) == "dataset tenants: unchanged\n\nPlan: no tables."
+    assert result.status == "planned"
