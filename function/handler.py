@@ -16,7 +16,7 @@ from typing import Any
 from . import completion, logs, runner
 from .config import ConfigError, Settings
 from .engine import EnsureResult
-from .errors import PermanentError
+from .errors import PermanentError, TransientError
 from .events import Bootstrap, EventError, Ignored, Trigger, Upload, parse_event
 from .request import BootstrapRequest
 from .schema_files import MANIFEST_NAME, TABLE_NAME, load_declared_state
@@ -132,6 +132,13 @@ def _run(outcome: Outcome, request: BootstrapRequest, declared: Any) -> None:
         outcome.result = runner.run(request, outcome.settings, state)
     except PermanentError as exc:
         outcome.error = str(exc)
+    except TransientError as exc:
+        logs.warning(
+            f"transient failure, raising so the event is delivered again: {exc}",
+            request_id=outcome.request_id,
+            trigger=outcome.trigger.to_json(),
+        )
+        raise
 
 
 def _too_old(outcome: Outcome) -> bool:
