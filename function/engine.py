@@ -108,10 +108,12 @@ class Engine:
         self.settings = settings
         self.bq = bq
 
-    def ensure(self, request: BootstrapRequest) -> EnsureResult:
+    def ensure(self, request: BootstrapRequest, *, dataset_updates: bool = True) -> EnsureResult:
+        """`dataset_updates=False` (a single table's upload) still creates a missing dataset but
+        leaves its description and labels to the manifest's own upload."""
         names = select_tables(self.declared, request.tables)
         authorize(request, self.settings)
-        run = _Run(self, request)
+        run = _Run(self, request, dataset_updates)
         with ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="ensure") as pool:
             futures = [pool.submit(run.table, name) for name in names]
             try:
@@ -138,8 +140,9 @@ class Engine:
 
 
 class _Run:
-    def __init__(self, engine: Engine, request: BootstrapRequest) -> None:
+    def __init__(self, engine: Engine, request: BootstrapRequest, dataset_updates: bool) -> None:
         self.engine = engine
+        self.dataset_updates = dataset_updates
         self.bq = engine.bq
         self.request = request
         self.dataset_ready = threading.Event()
@@ -151,6 +154,8 @@ class _Run:
         declared = self.engine.declared.dataset(settings.dataset, settings.location)
         actual, obj = self.bq.get_dataset()
         plan = plan_dataset(declared, actual, recreate=self.request.force_recreate_dataset)
+        if plan.action is Action.UPDATE and not self.dataset_updates:
+            plan = DatasetPlan(plan.dataset, Action.UNCHANGED)
         result = EnsureResult(settings.dataset, PAST_TENSE[plan.action], self.request.dry_run, plan.changes)
         if plan.action is Action.BLOCKED:
             result.dataset_error = "; ".join(plan.blocked)

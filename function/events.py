@@ -10,7 +10,7 @@ import base64
 import binascii
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -29,9 +29,18 @@ class Trigger:
     source: str
     subject: str | None
     time: datetime | None
+    object: dict[str, Any] | None = None  # an upload's bucket, name and generation
 
-    def to_json(self) -> dict[str, str | None]:
-        return {"type": self.type, "id": self.id, "source": self.source, "subject": self.subject}
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "type": self.type,
+            "id": self.id,
+            "source": self.source,
+            "subject": self.subject,
+        }
+        if self.object is not None:
+            out["object"] = self.object
+        return out
 
 
 @dataclass(frozen=True)
@@ -136,6 +145,7 @@ def _upload(event: Any, bucket: Any, name: Any, generation: Any) -> Upload:
         gen = 0
     if problems:
         raise EventError(f"the upload event is malformed: {', '.join(problems)}", trigger, trigger.id)
+    trigger = replace(trigger, object={"bucket": bucket, "name": name, "generation": str(gen)})
     return Upload(trigger, bucket, name, gen)
 
 

@@ -112,24 +112,24 @@ def _handle_upload(work: Upload, settings: Settings, clock: float) -> None:
     def declared() -> Any:
         client = runner.storage_client(settings)
         files = read_prefix(client, bucket, prefix, settings.retry_deadline, pinned=(name, work.generation))
-        return load_declared_state(files)
+        return load_declared_state(files, complete=False)
 
     try:
-        _run(outcome, request, declared)
+        _run(outcome, request, declared, dataset_updates=table is None)
     except Superseded as exc:
         logs.info(f"upload not applied: {exc}; the newer generation has its own event", **where)
         return
     _finish(outcome, clock)
 
 
-def _run(outcome: Outcome, request: BootstrapRequest, declared: Any) -> None:
+def _run(outcome: Outcome, request: BootstrapRequest, declared: Any, *, dataset_updates: bool = True) -> None:
     """Validate and ensure; a permanent failure becomes the outcome's error, anything else raises."""
     if _too_old(outcome):
         return
     try:
         state = declared()
         outcome.schema_digest = state.digest
-        outcome.result = runner.run(request, outcome.settings, state)
+        outcome.result = runner.run(request, outcome.settings, state, dataset_updates=dataset_updates)
     except PermanentError as exc:
         outcome.error = str(exc)
     except TransientError as exc:

@@ -36,6 +36,8 @@ def load_declared(settings: Settings, files: dict[str, bytes] | None = None) -> 
     return load_declared_state(files)
 
 
-def run(request: BootstrapRequest, settings: Settings, declared: DeclaredState) -> EnsureResult:
+def run(
+    request: BootstrapRequest, settings: Settings, declared: DeclaredState, *, dataset_updates: bool = True
+) -> EnsureResult:
     adapter = BigQueryAdapter(bigquery_client(settings), settings.dataset, settings.retry_deadline)
-    return Engine(declared, settings, adapter).ensure(request)
+    return Engine(declared, settings, adapter).ensure(request, dataset_updates=dataset_updates)

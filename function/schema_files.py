@@ -106,10 +106,12 @@ def is_schema_file(name: str) -> bool:
     return name.endswith(".json") or name == MANIFEST_NAME
 
 
-def load_declared_state(files: Mapping[str, bytes]) -> DeclaredState:
+def load_declared_state(files: Mapping[str, bytes], *, complete: bool = True) -> DeclaredState:
     """Validate and normalise the schema files (`<table>.json`) and the manifest.
 
     `files` maps a file's base name to its content. Other names are not looked at.
+    `complete=False` is for a bucket that an upload is still filling (`sync` sends the manifest
+    first): manifest entries whose schema file has not arrived yet are skipped, not errors.
     """
     errors: list[SchemaError] = []
     tables: dict[str, tuple[Column, ...]] = {}
@@ -136,7 +138,7 @@ def load_declared_state(files: Mapping[str, bytes]) -> DeclaredState:
     entries = manifest.get("tables") or {}
     specs: dict[str, TableSpec] = {}
     for table in sorted(entries):
-        if table not in tables and not any(e.file == f"{table}.json" for e in errors):
+        if complete and table not in tables and not any(e.file == f"{table}.json" for e in errors):
             errors.append(
                 SchemaError(
                     MANIFEST_NAME,
@@ -148,7 +150,7 @@ def load_declared_state(files: Mapping[str, bytes]) -> DeclaredState:
         spec = _table_spec(table, columns, entries.get(table) or {}, errors)
         if spec is not None:
             specs[table] = spec
-    if not tables and not errors:
+    if complete and not tables and not errors:
         errors.append(SchemaError("(schema source)", "", "holds no <table>.json schema file"))
     if errors:
         raise SchemaValidationError(errors)

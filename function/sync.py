@@ -43,8 +43,9 @@ def _upload(client: storage.Client, target: str, files: dict[str, bytes]) -> lis
     bucket = client.bucket(bucket_name)
     live = {b.name: b.md5_hash for b in client.list_blobs(bucket_name, prefix=prefix, delimiter="/")}
     uploaded = []
-    # The manifest last: its event ensures every table, with every schema file already there.
-    for name in sorted(files, key=lambda n: (n.endswith(".yaml"), n)):
+    # The manifest first: each table's upload event then finds its partitioning and clustering
+    # already there (a table created without them could only be fixed by recreating it).
+    for name in sorted(files, key=lambda n: (not n.endswith(".yaml"), n)):
         data = files[name]
         md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
         if live.get(prefix + name) == md5:

@@ -19,6 +19,7 @@ from function.request import request_from_fields
 from function.schema_files import load_declared_state
 from tests.conftest import PROJECT, bundled_files
 from tests.support.proxy import Proxy
+from tests.support.rows import required_row
 
 pytestmark = pytest.mark.emulators
 
@@ -122,7 +123,7 @@ def test_new_nullable_columns_are_added_in_place_and_rows_survive(bigquery_proxy
     files = bundled_files()
     apply(settings, files)
     table = "tenant_pipeline_configs"
-    rows = [_row(client, dataset_name, table, i) for i in range(3)]
+    rows = [required_row(client, f"{dataset_name}.{table}", i) for i in range(3)]
     assert client.insert_rows_json(f"{dataset_name}.{table}", rows) == []
 
     def add_columns(schema: list[dict[str, Any]]) -> None:
@@ -184,7 +185,7 @@ def test_changes_bigquery_cannot_make_in_place_are_blocked_and_touch_nothing(
     files = bundled_files()
     apply(settings, files)
     table = "tenant_usage_quotas"
-    rows = [_row(client, dataset_name, table, i) for i in range(4)]
+    rows = [required_row(client, f"{dataset_name}.{table}", i) for i in range(4)]
     assert client.insert_rows_json(f"{dataset_name}.{table}", rows) == []
     before = client.get_table(f"{dataset_name}.{table}").to_api_repr()
     rows_before = _all_rows(client, dataset_name, table)
@@ -218,7 +219,12 @@ def test_forced_recreation_is_refused_without_all_three_consents(
     settings = settings_for(bigquery_proxy, dataset_name, ALLOW_DESTRUCTIVE=allow)
     apply(settings, bundled_files())
     table = "tenant_profiles"
-    assert client.insert_rows_json(f"{dataset_name}.{table}", [_row(client, dataset_name, table, 1)]) == []
+    assert (
+        client.insert_rows_json(
+            f"{dataset_name}.{table}", [required_row(client, f"{dataset_name}.{table}", 1)]
+        )
+        == []
+    )
     bigquery_proxy.reset()
     fields = {
         k: v.format(dataset=dataset_name) if isinstance(v, str) else v for k, v in request_fields.items()
@@ -236,7 +242,12 @@ def test_forced_recreation_with_all_three_consents_recreates(bigquery_proxy, dat
     settings = settings_for(bigquery_proxy, dataset_name, ALLOW_DESTRUCTIVE="true")
     apply(settings, bundled_files())
     table = "tenant_profiles"
-    assert client.insert_rows_json(f"{dataset_name}.{table}", [_row(client, dataset_name, table, 1)]) == []
+    assert (
+        client.insert_rows_json(
+            f"{dataset_name}.{table}", [required_row(client, f"{dataset_name}.{table}", 1)]
+        )
+        == []
+    )
 
     result = apply(
         settings, bundled_files(), tables=[table], force_recreate_tables=True, confirm=dataset_name
@@ -304,36 +315,6 @@ def test_eight_concurrent_applies_all_succeed_and_converge(bigquery_proxy, datas
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-def _row(client: bigquery.Client, dataset: str, table: str, i: int) -> dict[str, Any]:
-    """A row holding a value for every REQUIRED column (and the partitioning column)."""
-    values = {
-        "STRING": f"v{i}",
-        "INTEGER": i,
-        "FLOAT": 1.5,
-        "NUMERIC": "1.5",
-        "BOOLEAN": True,
-        "TIMESTAMP": "2026-01-01T00:00:00Z",
-        "DATE": "2026-01-01",
-        "BYTES": "AAE=",
-        "JSON": "{}",
-    }
-
-    def fill(fields: list[bigquery.SchemaField]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in fields:
-            if f.mode != "REQUIRED":
-                continue
-            if f.field_type in ("RECORD", "STRUCT"):
-                out[f.name] = fill(list(f.fields))
-            else:
-                out[f.name] = values[canonical_type(f.field_type)]
-        return out
-
-    row = fill(list(client.get_table(f"{dataset}.{table}").schema))
-    row["tenant_id"] = f"tenant-{i}"
-    return row
 
 
 def _all_rows(client: bigquery.Client, dataset: str, table: str) -> list[tuple[Any, ...]]:

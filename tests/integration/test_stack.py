@@ -1,0 +1,389 @@
+"""The local stack (deploy/local/stack.py) for real: every emulator, the push and notification
+loops into a throwaway function, restarts, a clean stop, and failed starts that leave nothing."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deploy.local import stack as stack_module
+from deploy.local.stack import HOST, REPO_ROOT, Stack, StackConfig, StackError
+
+pytestmark = pytest.mark.emulators
+
+DEADLINE_S = 30.0
+
+# Records every CloudEvent it receives, one JSON line each, in $EVENTS_FILE.
+RECORDER = """
+import json, os
+
+def bootstrap(cloud_event):
+    record = {
+        "type": cloud_event["type"],
+        "source": cloud_event["source"],
+        "subject": cloud_event.get("subject"),
+        "data": cloud_event.data,
+    }
+    with open(os.environ["EVENTS_FILE"], "a") as f:
+        f.write(json.dumps(record) + "\\n")
+"""
+
+
+def wait_for(predicate: Callable[[], Any], what: str, deadline_s: float = DEADLINE_S) -> Any:
+    """Poll until predicate() is truthy (and return it), or fail after deadline_s."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def http_status(port: int, path: str = "/") -> int | None:
+    conn = http.client.HTTPConnection(HOST, port, timeout=5)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    except OSError:
+        return None
+    finally:
+        conn.close()
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def processes_with_env(marker: str) -> list[int]:
+    """Pids of the live processes whose environment holds marker (children, grandchildren...)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if marker.encode() in (entry / "environ").read_bytes():
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":
+                    found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture
+def process_marker(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every process the stack starts inherits this variable: a way to find leftovers."""
+    marker = f"STACK_TEST_MARKER={uuid.uuid4().hex}"
+    name, value = marker.split("=")
+    monkeypatch.setenv(name, value)
+    return marker
+
+
+@pytest.fixture(scope="module")
+def recorder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("function")
+    (folder / "main.py").write_text(RECORDER)
+    return folder / "main.py", folder / "events.jsonl"
+
+
+@pytest.fixture(scope="module")
+def stack(recorder: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    source, events = recorder
+    config = StackConfig(
+        function_source=source,
+        function_env={"EVENTS_FILE": str(events)},
+        workdir=tmp_path_factory.mktemp("stack"),
+    )
+    with Stack(config) as running:
+        yield running
+
+
+@pytest.fixture
+def events(recorder: tuple[Path, Path]) -> Path:
+    return recorder[1]
+
+
+def test_every_piece_answers(stack: Stack) -> None:
+    cfg, env, ports = stack.config, stack.env, stack.ports
+    project = f"projects/{cfg.project}"
+
+    assert env["PUBSUB_EMULATOR_HOST"] == f"{HOST}:{ports['pubsub']}"
+    assert env["STORAGE_EMULATOR_HOST"] == f"http://{HOST}:{ports['storage']}"
+    assert env["BIGQUERY_EMULATOR_HOST"] == f"http://{HOST}:{ports['bigquery']}"
+    assert env["FUNCTION_URL"] == f"http://{HOST}:{ports['function']}/"
+    assert env["SCHEMA_SOURCE"] == "gs://tenant-schemas/schemas/"
+    assert env["COMPLETION_TOPIC"] == "bootstrap-completed"
+    assert env["GOOGLE_CLOUD_PROJECT"] == cfg.project
+    assert len(set(ports.values())) == len(ports)
+    env_file = (cfg.workdir / "env").read_text().splitlines()
+    assert f"export PUBSUB_EMULATOR_HOST={env['PUBSUB_EMULATOR_HOST']}" in env_file
+
+    publisher, subscriber = stack.publisher(), stack.subscriber()
+    try:
+        topics = {t.name for t in publisher.list_topics(project=project, timeout=10)}
+        assert topics == {
+            f"{project}/topics/{t}"
+            for t in (cfg.requests_topic, cfg.completion_topic, cfg.notification_topic)
+        }
+        subscriptions = {
+            s.name.rsplit("/", 1)[1]: s for s in subscriber.list_subscriptions(project=project, timeout=10)
+        }
+        assert subscriptions[cfg.completion_subscription].push_config.push_endpoint == ""
+        push = subscriptions[f"{cfg.requests_topic}-push"].push_config.push_endpoint
+        assert push == f"http://{HOST}:{ports['function']}/{project}/topics/{cfg.requests_topic}"
+        assert f"{cfg.notification_topic}-push" in subscriptions
+
+        # The completion topic's pull subscription delivers.
+        completion = f"{project}/topics/{cfg.completion_topic}"
+        publisher.publish(completion, b"done", kind="test").result(timeout=10)
+        subscription = f"{project}/subscriptions/{cfg.completion_subscription}"
+        response = wait_for(
+            lambda: subscriber.pull(subscription=subscription, max_messages=10, timeout=10),
+            "a message on the completion subscription",
+        )
+        assert response.received_messages[0].message.data == b"done"
+        ack_ids = [m.ack_id for m in response.received_messages]
+        subscriber.acknowledge(subscription=subscription, ack_ids=ack_ids, timeout=10)
+    finally:
+        publisher.transport.close()
+        subscriber.close()
+
+    storage = stack.storage_client()
+    try:
+        buckets = {b.name for b in storage.list_buckets(timeout=10)}
+        assert buckets == {cfg.schema_bucket, cfg.state_bucket}
+    finally:
+        storage.close()
+
+    bigquery = stack.bigquery_client()
+    try:
+        dataset = bigquery.create_dataset(f"{cfg.project}.stack_probe", timeout=10)
+        assert dataset.dataset_id == "stack_probe"
+    finally:
+        bigquery.close()
+
+    assert http_status(ports["function"]) == 405  # a CloudEvent function wants a POST
+
+
+def test_request_reaches_function_through_push(stack: Stack, events: Path) -> None:
+    cfg = stack.config
+    request = json.dumps({"request_id": uuid.uuid4().hex}).encode()
+    publisher = stack.publisher()
+    try:
+        topic = f"projects/{cfg.project}/topics/{cfg.requests_topic}"
+        publisher.publish(topic, request).result(timeout=10)
+    finally:
+        publisher.transport.close()
+
+    def delivered() -> dict[str, Any] | None:
+        for event in read_events(events):
+            message = event["data"]["message"]
+            if base64.b64decode(message.get("data", "")) == request:
+                return event
+        return None
+
+    event = wait_for(delivered, "the request to reach the function")
+    assert event["type"] == "google.cloud.pubsub.topic.v1.messagePublished"
+    assert event["source"] == (f"//pubsub.googleapis.com/projects/{cfg.project}/topics/{cfg.requests_topic}")
+
+
+def upload_and_wait(stack: Stack, events: Path) -> dict[str, Any]:
+    cfg = stack.config
+    name = f"{cfg.schema_prefix}t{uuid.uuid4().hex[:8]}.json"
+    storage = stack.storage_client()
+    try:
+        blob = storage.bucket(cfg.schema_bucket).blob(name)
+        blob.upload_from_string('[{"name": "id", "type": "STRING"}]', timeout=10)
+    finally:
+        storage.close()
+
+    def notified() -> dict[str, Any] | None:
+        for event in read_events(events):
+            if event["data"]["message"].get("attributes", {}).get("objectId") == name:
+                return event
+        return None
+
+    event = wait_for(notified, f"the notification for gs://{cfg.schema_bucket}/{name}")
+    attributes = event["data"]["message"]["attributes"]
+    assert attributes["eventType"] == "OBJECT_FINALIZE"
+    assert attributes["bucketId"] == cfg.schema_bucket
+    assert attributes["objectGeneration"] == str(blob.generation)
+    assert event["source"] == (
+        f"//pubsub.googleapis.com/projects/{cfg.project}/topics/{cfg.notification_topic}"
+    )
+    resource = json.loads(base64.b64decode(event["data"]["message"]["data"]))
+    assert resource["name"] == name
+    return event
+
+
+def test_upload_notification_reaches_function(stack: Stack, events: Path) -> None:
+    upload_and_wait(stack, events)
+
+
+def test_kill_and_restart_bigquery_on_the_same_port(stack: Stack) -> None:
+    port = stack.ports["bigquery"]
+    pids_before = set(stack.pids)
+    stack.kill("bigquery")
+    assert http_status(port, "/readyz") is None
+    assert len(stack.pids) == len(pids_before) - 1
+
+    stack.restart("bigquery")
+    assert stack.ports["bigquery"] == port
+    assert stack.env["BIGQUERY_EMULATOR_HOST"] == f"http://{HOST}:{port}"
+    assert http_status(port, "/readyz") == 200
+    client = stack.bigquery_client()
+    try:
+        list(client.list_datasets(timeout=10))
+    finally:
+        client.close()
+
+
+def test_restart_pubsub_provisions_it_again(stack: Stack, events: Path) -> None:
+    """A restarted emulator is empty: topics and subscriptions are created again, and
+    fake-gcs-server's notifications reach the new emulator."""
+    stack.restart("pubsub")
+    upload_and_wait(stack, events)
+
+
+def test_stop_ends_every_process_and_frees_the_ports(stack: Stack) -> None:
+    pids, ports = stack.pids, stack.ports
+    assert len(pids) == 4
+    stack.stop()
+    stack.stop()  # idempotent
+
+    assert stack.pids == []
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+        with pytest.raises(ProcessLookupError):
+            os.killpg(pid, 0)  # no child left in its process group either
+    for port in ports.values():
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((HOST, port))  # a new server could listen there
+    assert not (stack.config.workdir / "env").exists()
+
+
+# ---- failed starts leave nothing behind ---------------------------------------------------
+
+
+def test_bad_bigquery_flag_fails_start_and_stops_the_others(
+    tmp_path: Path, recorder: tuple[Path, Path], process_marker: str
+) -> None:
+    config = StackConfig(
+        function_source=recorder[0],
+        workdir=tmp_path,
+        extra_args={"bigquery": ["--no-such-flag"]},
+    )
+    stack = Stack(config)
+    with pytest.raises(StackError, match=r"(?s)bigquery exited with code 2.*no-such-flag"):
+        stack.start()
+    assert stack.pids == []
+    assert processes_with_env(process_marker) == []
+    # The workdir is free again: a corrected stack can use it.
+    with Stack(StackConfig(components=frozenset({"storage"}), workdir=tmp_path)) as ok:
+        assert http_status(ok.ports["storage"], "/storage/v1/b") == 200
+
+
+def test_function_that_cannot_import_fails_start(tmp_path: Path, process_marker: str) -> None:
+    source = tmp_path / "main.py"
+    source.write_text("raise RuntimeError('broken on purpose')\n")
+    config = StackConfig(components=frozenset({"function"}), function_source=source, workdir=tmp_path)
+    stack = Stack(config)
+    with pytest.raises(StackError, match=r"(?s)function exited with code.*broken on purpose"):
+        stack.start()
+    assert processes_with_env(process_marker) == []
+
+
+def test_missing_function_source_fails_before_starting_anything(tmp_path: Path, process_marker: str) -> None:
+    config = StackConfig(function_source=tmp_path / "nope.py", workdir=tmp_path)
+    with pytest.raises(StackError, match=r"nope\.py does not exist"):
+        Stack(config).start()
+    assert processes_with_env(process_marker) == []
+
+
+def test_a_taken_port_is_detected_and_start_retries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, process_marker: str
+) -> None:
+    """The Pub/Sub emulator does not exit when its port is taken (it logs a BindException and
+    hangs): the stack must notice, and start again on other ports."""
+    squatter = socket.socket()
+    squatter.bind((HOST, 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    real_reserve = stack_module._reserve_port
+    handed_out: list[int] = []
+
+    def reserve() -> int:
+        port = taken if not handed_out else real_reserve()
+        handed_out.append(port)
+        return port
+
+    monkeypatch.setattr(stack_module, "_reserve_port", reserve)
+    try:
+        config = StackConfig(components=frozenset({"pubsub"}), workdir=tmp_path)
+        with Stack(config) as stack:
+            assert stack.ports["pubsub"] != taken
+            assert http_status(stack.ports["pubsub"]) == 200
+        assert "Address already in use" in (tmp_path / "pubsub.log").read_text()
+    finally:
+        squatter.close()
+    assert processes_with_env(process_marker) == []
+
+
+def test_workdir_is_not_shared_by_two_stacks(tmp_path: Path) -> None:
+    config = StackConfig(components=frozenset({"storage"}), workdir=tmp_path)
+    with Stack(config), pytest.raises(StackError, match="used by another running stack"):
+        Stack(StackConfig(components=frozenset({"storage"}), workdir=tmp_path)).start()
+
+
+# ---- python -m deploy.local.stack ---------------------------------------------------------
+
+
+def test_command_line_runs_until_sigterm(tmp_path: Path, process_marker: str) -> None:
+    workdir = tmp_path / "work"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "deploy.local.stack", "--no-function", "--workdir", str(workdir)],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        env_file = workdir / "env"
+        wait_for(lambda: env_file.exists() or process.poll() is not None, "the env file")
+        assert process.poll() is None, process.communicate()
+        exported = dict(
+            line.removeprefix("export ").split("=", 1) for line in env_file.read_text().splitlines()
+        )
+        assert "FUNCTION_URL" not in exported
+        assert http_status(int(exported["PUBSUB_EMULATOR_HOST"].rsplit(":", 1)[1])) == 200
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=DEADLINE_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, stderr
+    assert "export BIGQUERY_EMULATOR_HOST=" in stdout
+    assert "bigquery ready on 127.0.0.1:" in stderr
+    assert not env_file.exists()
+    assert processes_with_env(process_marker) == []
