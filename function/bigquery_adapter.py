@@ -75,14 +75,14 @@ class BigQueryAdapter:
         self.client = client
         self.dataset_ref = bigquery.DatasetReference(client.project, dataset)
         self._retry = make_retry(retry_deadline)
-        self._deadline = retry_deadline
+        self.deadline = retry_deadline
 
-    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         try:
             return getattr(self.client, method)(*args, retry=self._retry, timeout=REQUEST_TIMEOUT, **kwargs)
         except gexc.RetryError as exc:
             raise TransientError(
-                f"BigQuery {method} kept failing for {self._deadline:g} s: {exc.cause}"
+                f"BigQuery {method} kept failing for {self.deadline:g} s: {exc.cause}"
             ) from exc
         except Exception as exc:
             if is_transient(exc):
@@ -93,7 +93,7 @@ class BigQueryAdapter:
 
     def get_dataset(self) -> tuple[DatasetSpec | None, bigquery.Dataset | None]:
         try:
-            ds = self._call("get_dataset", self.dataset_ref)
+            ds = self.call("get_dataset", self.dataset_ref)
         except gexc.NotFound:
             return None, None
         return dataset_spec(ds), ds
@@ -105,7 +105,7 @@ class BigQueryAdapter:
         ds.description = spec.description or None
         ds.labels = spec.label_dict
         try:
-            self._call("create_dataset", ds)
+            self.call("create_dataset", ds)
         except gexc.Conflict:
             return False
         return True
@@ -113,16 +113,16 @@ class BigQueryAdapter:
     def patch_dataset(self, ds: bigquery.Dataset, patch: dict[str, Any]) -> None:
         for name, value in patch.items():
             setattr(ds, name, value)
-        self._call("update_dataset", ds, list(patch))
+        self.call("update_dataset", ds, list(patch))
 
     def delete_dataset(self) -> None:
-        self._call("delete_dataset", self.dataset_ref, delete_contents=True, not_found_ok=True)
+        self.call("delete_dataset", self.dataset_ref, delete_contents=True, not_found_ok=True)
 
     # --- tables -----------------------------------------------------------------------------
 
     def get_table(self, name: str) -> tuple[TableSpec | None, bigquery.Table | None]:
         try:
-            table = self._call("get_table", self.dataset_ref.table(name))
+            table = self.call("get_table", self.dataset_ref.table(name))
         except gexc.NotFound:
             return None, None
         return table_spec(table), table
@@ -130,7 +130,7 @@ class BigQueryAdapter:
     def create_table(self, spec: TableSpec) -> bool:
         """Create it; False when another writer created it first (409)."""
         try:
-            self._call("create_table", new_table(self.dataset_ref, spec))
+            self.call("create_table", new_table(self.dataset_ref, spec))
         except gexc.Conflict:
             return False
         return True
@@ -151,10 +151,10 @@ class BigQueryAdapter:
             else:
                 setattr(table, name, value)
             fields.append(name)
-        self._call("update_table", table, fields)
+        self.call("update_table", table, fields)
 
     def delete_table(self, name: str) -> None:
-        self._call("delete_table", self.dataset_ref.table(name), not_found_ok=True)
+        self.call("delete_table", self.dataset_ref.table(name), not_found_ok=True)
 
 
 # --- conversions between the API's resources and the normalised model -----------------------

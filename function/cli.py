@@ -5,6 +5,7 @@ apply    exit 0 when the declared state holds, 1 when it does not
 publish  send a bootstrap request to the function; with --wait, exit 0 completed/planned, 1 failed
 sync     validate a schema folder and upload the changed files to the schema bucket
 upload   validate one file (with the bucket's others) and upload it
+backups  list the backups taken before forced recreations; restore copies one back
 Bad input or configuration exits 1 with the reason; nothing is sent to BigQuery then.
 """
 
@@ -18,6 +19,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import runner
+from .backups import Backups
+from .bigquery_adapter import BigQueryAdapter
 from .config import BUNDLED_SCHEMAS, Settings
 from .engine import EnsureResult, TableResult
 from .errors import PermanentError, TransientError
@@ -138,6 +141,35 @@ def _upload(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backups(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    backups = _backup_store(settings).list()
+    if not backups:
+        print(f"no backups in {settings.backups}")
+    for b in backups:
+        print(
+            f"{b['backup']}\n    of {b['backup_of']}, {b['rows']} rows, request {b['request_id']}, ", end=""
+        )
+        print(
+            f"made {b['created']}, expires {b['expires'] or f'with the dataset default ({settings.backup_ttl_days:g} days)'}"
+        )
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.force and args.confirm != settings.dataset:
+        raise PermanentError(f"--force overwrites rows: add --confirm {settings.dataset} (the dataset id)")
+    done = _backup_store(settings).restore(args.backup, args.to, overwrite=args.force)
+    print(f"restored {done['backup']} ({done['rows']} rows) to {done['restored_to']}")
+    return 0
+
+
+def _backup_store(settings: Settings) -> Backups:
+    adapter = BigQueryAdapter(runner.bigquery_client(settings), settings.dataset, settings.retry_deadline)
+    return Backups(adapter, settings.backups, settings.location, settings.backup_ttl_days)
+
+
 def _target(args: argparse.Namespace, settings: Settings) -> str:
     target = args.to or settings.schema_source
     if not target.startswith("gs://"):
@@ -192,12 +224,13 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m function", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    def common(p: argparse.ArgumentParser) -> None:
+    def common(p: argparse.ArgumentParser, tables: bool = True) -> None:
         p.add_argument("--project", help="project (default: GOOGLE_CLOUD_PROJECT)")
         p.add_argument("--dataset", help="dataset (default: BOOTSTRAP_DATASET or tenants)")
         p.add_argument("--location", help="dataset location (default: BOOTSTRAP_LOCATION or US)")
         p.add_argument("--schema-source", help="folder or gs://BUCKET/PREFIX/ (default: SCHEMA_SOURCE)")
-        p.add_argument("--tables", nargs="+", metavar="TABLE", help="only these tables")
+        if tables:
+            p.add_argument("--tables", nargs="+", metavar="TABLE", help="only these tables")
 
     plan = sub.add_parser("plan", help="show what apply would change; exit 2 if anything would")
     common(plan)
@@ -236,14 +269,26 @@ def _parser() -> argparse.ArgumentParser:
     publish.set_defaults(handler=_publish)
 
     sync = sub.add_parser("sync", help="validate a schema folder and upload what changed to the bucket")
-    common(sync)
+    common(sync, tables=False)
     sync.add_argument("--source", default=str(BUNDLED_SCHEMAS), help="folder (default: the bundled schemas/)")
     sync.add_argument("--to", help="gs://BUCKET/PREFIX/ (default: SCHEMA_SOURCE)")
     sync.set_defaults(handler=_sync)
 
     upload = sub.add_parser("upload", help="validate one schema file with the bucket's others and upload it")
-    common(upload)
+    common(upload, tables=False)
     upload.add_argument("file", help="a <table>.json schema file or bootstrap.yaml")
     upload.add_argument("--to", help="gs://BUCKET/PREFIX/ (default: SCHEMA_SOURCE)")
     upload.set_defaults(handler=_upload)
+
+    backups = sub.add_parser("backups", help="list the backups taken before forced recreations")
+    common(backups, tables=False)
+    backups.set_defaults(handler=_backups)
+
+    restore = sub.add_parser("restore", help="copy a backup back into the dataset")
+    common(restore, tables=False)
+    restore.add_argument("backup", help="the backup table's name, as `backups` lists it")
+    restore.add_argument("--to", metavar="TABLE", help="target table (default: the table it backs up)")
+    restore.add_argument("--force", action="store_true", help="overwrite a target that holds rows")
+    restore.add_argument("--confirm", metavar="DATASET", help="the dataset id, required with --force")
+    restore.set_defaults(handler=_restore)
     return parser

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from google.api_core import exceptions as gexc
 from google.cloud import bigquery
 
+from .backups import Backup, Backups
 from .bigquery_adapter import BigQueryAdapter
 from .config import Settings
 from .errors import PermanentError, RefusedError, RequestError, TransientError
@@ -30,6 +31,7 @@ PAST_TENSE = {
     Action.RECREATE: "recreated",
 }
 MAX_ATTEMPTS = 3  # re-plans after losing a race (409 on create, 412 on patch)
+DATASET_STEP = "(dataset)"  # the progress key of a forced dataset recreation
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class EnsureResult:
     dataset_changes: tuple[str, ...] = ()
     dataset_error: str | None = None
     tables: list[TableResult] = field(default_factory=list)
+    backups: list[Backup] = field(default_factory=list)
 
     @property
     def status(self) -> str:
@@ -107,13 +110,22 @@ class Engine:
         self.declared = declared
         self.settings = settings
         self.bq = bq
+        self.backups = Backups(bq, settings.backups, settings.location, settings.backup_ttl_days)
 
-    def ensure(self, request: BootstrapRequest, *, dataset_updates: bool = True) -> EnsureResult:
+    def ensure(
+        self,
+        request: BootstrapRequest,
+        *,
+        dataset_updates: bool = True,
+        progress: Progress | None = None,
+    ) -> EnsureResult:
         """`dataset_updates=False` (a single table's upload) still creates a missing dataset but
-        leaves its description and labels to the manifest's own upload."""
+        leaves its description and labels to the manifest's own upload. `progress` records each
+        forced recreation as it is done (the request ledger), and skips the ones an earlier,
+        interrupted delivery of the same request already did."""
         names = select_tables(self.declared, request.tables)
         authorize(request, self.settings)
-        run = _Run(self, request, dataset_updates)
+        run = _Run(self, request, dataset_updates, progress or Progress())
         with ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="ensure") as pool:
             futures = [pool.submit(run.table, name) for name in names]
             try:
@@ -140,9 +152,14 @@ class Engine:
 
 
 class _Run:
-    def __init__(self, engine: Engine, request: BootstrapRequest, dataset_updates: bool) -> None:
+    def __init__(
+        self, engine: Engine, request: BootstrapRequest, dataset_updates: bool, progress: Progress
+    ) -> None:
         self.engine = engine
         self.dataset_updates = dataset_updates
+        self.progress = progress
+        self.backups: list[Backup] = []
+        self.lock = threading.Lock()
         self.bq = engine.bq
         self.request = request
         self.dataset_ready = threading.Event()
@@ -153,10 +170,17 @@ class _Run:
         settings = self.engine.settings
         declared = self.engine.declared.dataset(settings.dataset, settings.location)
         actual, obj = self.bq.get_dataset()
-        plan = plan_dataset(declared, actual, recreate=self.request.force_recreate_dataset)
+        recreate = self.request.force_recreate_dataset and DATASET_STEP not in self.progress.done
+        plan = plan_dataset(declared, actual, recreate=recreate)
         if plan.action is Action.UPDATE and not self.dataset_updates:
             plan = DatasetPlan(plan.dataset, Action.UNCHANGED)
-        result = EnsureResult(settings.dataset, PAST_TENSE[plan.action], self.request.dry_run, plan.changes)
+        result = EnsureResult(
+            settings.dataset,
+            PAST_TENSE[plan.action],
+            self.request.dry_run,
+            plan.changes,
+            backups=self.backups,
+        )
         if plan.action is Action.BLOCKED:
             result.dataset_error = "; ".join(plan.blocked)
         if plan.action in (Action.CREATE, Action.RECREATE):
@@ -167,8 +191,11 @@ class _Run:
 
     def _apply_dataset(self, plan: DatasetPlan, declared: DatasetSpec, obj: bigquery.Dataset | None) -> None:
         if plan.action is Action.RECREATE:
+            for item in self.bq.call("list_tables", self.bq.dataset_ref):
+                self._backup(self.bq.call("get_table", item.reference))
             self.bq.delete_dataset()
             self.bq.create_dataset(declared)
+            self.progress.record(DATASET_STEP)
         elif plan.action is Action.CREATE and not self.bq.create_dataset(declared):
             # Another run created it first: its tables may exist too, so read them.
             self.fresh = False
@@ -185,7 +212,7 @@ class _Run:
             return TableResult(name, "failed", (), f"not attempted: {self.dataset_failed}")
         if self.fresh:
             actual = obj = None
-        recreate = self.request.force_recreate_tables
+        recreate = self.request.force_recreate_tables and name not in self.progress.done
         try:
             for _ in range(MAX_ATTEMPTS):
                 plan = plan_table(spec, actual, recreate=recreate)
@@ -199,6 +226,8 @@ class _Run:
                 recreate = False
         except gexc.GoogleAPICallError as exc:
             return TableResult(name, "failed", (), f"BigQuery refused the change: {exc.message}")
+        except PermanentError as exc:
+            return TableResult(name, "failed", (), str(exc))
         return TableResult(name, "failed", (), "the table kept changing under concurrent writers; run again")
 
     def _apply_table(self, plan: TablePlan, spec: TableSpec, obj: bigquery.Table | None) -> bool:
@@ -206,14 +235,35 @@ class _Run:
         if plan.action is Action.CREATE:
             return self.bq.create_table(spec)
         if plan.action is Action.RECREATE:
+            self._backup(obj)  # raises, leaving the table in place, if the backup fails
             self.bq.delete_table(spec.name)
             self.bq.create_table(spec)
+            self.progress.record(spec.name)
             return True
         try:
             self.bq.patch_table(obj, plan.patch)
         except gexc.PreconditionFailed:
             return False
         return True
+
+    def _backup(self, table: bigquery.Table | None) -> None:
+        if table is None:
+            return
+        backup = self.engine.backups.backup(table, self.request.request_id)
+        if backup is not None:
+            with self.lock:
+                self.backups.append(backup)
+
+
+class Progress:
+    """Which forced recreations of this request are done. The request ledger subclasses it to
+    persist each step, so a redelivery after a crash never drops the same thing twice."""
+
+    def __init__(self, done: frozenset[str] = frozenset()) -> None:
+        self.done = done
+
+    def record(self, step: str) -> None:
+        """Called right after `step` (a table name, or DATASET_STEP) was recreated."""
 
 
 def _result(plan: TablePlan) -> TableResult:

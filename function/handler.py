@@ -8,6 +8,7 @@ raises, so Pub/Sub or Eventarc delivers the event again.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -15,9 +16,10 @@ from typing import Any
 
 from . import completion, logs, runner
 from .config import ConfigError, Settings
-from .engine import EnsureResult
+from .engine import EnsureResult, authorize
 from .errors import PermanentError, TransientError
 from .events import Bootstrap, EventError, Ignored, Trigger, Upload, parse_event
+from .ledger import Claim
 from .request import BootstrapRequest
 from .schema_files import MANIFEST_NAME, TABLE_NAME, load_declared_state
 from .sources import Superseded, parse_gcs_uri, read_prefix
@@ -35,6 +37,7 @@ class Outcome:
     result: EnsureResult | None = None
     schema_digest: str | None = None
     error: str | None = None
+    claim: Claim | None = None  # the ledger entry of a destructive request
 
     @property
     def status(self) -> str:
@@ -55,6 +58,7 @@ class Outcome:
             "trigger": self.trigger.to_json(),
             "dataset_action": result.dataset_action if result else None,
             "tables": [t.to_json() for t in result.tables] if result else [],
+            "backups": [b.to_json() for b in result.backups] if result else [],
             "schema_digest": self.schema_digest,
             "error": self.error or (result.dataset_error if result else None),
             "started_at": _iso(self.started),
@@ -126,13 +130,24 @@ def _run(outcome: Outcome, request: BootstrapRequest, declared: Any, *, dataset_
     """Validate and ensure; a permanent failure becomes the outcome's error, anything else raises."""
     if _too_old(outcome):
         return
+    settings = outcome.settings
     try:
         state = declared()
         outcome.schema_digest = state.digest
-        outcome.result = runner.run(request, outcome.settings, state, dataset_updates=dataset_updates)
+        if request.destructive and not request.dry_run:
+            authorize(request, settings)  # a refused request claims nothing
+            outcome.claim = runner.ledger(settings).claim_when_free(request.request_id)
+            if outcome.claim.recorded is not None:
+                return  # already done: _finish answers with the recorded result
+        outcome.result = runner.run(
+            request, settings, state, dataset_updates=dataset_updates, progress=outcome.claim
+        )
     except PermanentError as exc:
         outcome.error = str(exc)
     except TransientError as exc:
+        if outcome.claim is not None:
+            with contextlib.suppress(Exception):  # best effort: the lease expires anyway
+                outcome.claim.release()
         logs.warning(
             f"transient failure, raising so the event is delivered again: {exc}",
             request_id=outcome.request_id,
@@ -156,7 +171,14 @@ def _too_old(outcome: Outcome) -> bool:
 
 
 def _finish(outcome: Outcome, clock: float) -> None:
-    data = outcome.data()
+    claim = outcome.claim
+    if claim is not None and claim.recorded is not None:
+        # A redelivery of a destructive request that already ran: answer with what it did.
+        data = {**claim.recorded, "duplicate": True}
+    else:
+        data = outcome.data()
+        if claim is not None:
+            claim.finish(data)
     event = completion.build_event(outcome.settings, data)
     completion.publish(outcome.settings, event)
     result = outcome.result
@@ -168,6 +190,7 @@ def _finish(outcome: Outcome, clock: float) -> None:
         "counts": result.counts() if result else {},
         "duration_ms": int((time.monotonic() - clock) * 1000),
         "completion_event_id": event["id"],
+        "duplicate": data.get("duplicate", False),
     }
     if data["status"] == "failed":
         problems = [f"{t['table']}: {t['error']}" for t in data["tables"] if t["error"]]

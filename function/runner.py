@@ -12,7 +12,9 @@ from google.cloud import bigquery, storage
 
 from .bigquery_adapter import BigQueryAdapter, make_client
 from .config import Settings
-from .engine import Engine, EnsureResult
+from .engine import Engine, EnsureResult, Progress
+from .errors import RefusedError
+from .ledger import Ledger
 from .model import DeclaredState
 from .request import BootstrapRequest
 from .schema_files import load_declared_state
@@ -36,8 +38,24 @@ def load_declared(settings: Settings, files: dict[str, bytes] | None = None) -> 
     return load_declared_state(files)
 
 
+def ledger(settings: Settings) -> Ledger:
+    if not settings.state_bucket:
+        raise RefusedError(
+            "refused: a destructive request needs the request ledger, so that redeliveries never "
+            "drop anything twice; set BOOTSTRAP_STATE_BUCKET to a bucket the function can write"
+        )
+    return Ledger(storage_client(settings), settings.state_bucket, settings.retry_deadline)
+
+
 def run(
-    request: BootstrapRequest, settings: Settings, declared: DeclaredState, *, dataset_updates: bool = True
+    request: BootstrapRequest,
+    settings: Settings,
+    declared: DeclaredState,
+    *,
+    dataset_updates: bool = True,
+    progress: Progress | None = None,
 ) -> EnsureResult:
     adapter = BigQueryAdapter(bigquery_client(settings), settings.dataset, settings.retry_deadline)
-    return Engine(declared, settings, adapter).ensure(request, dataset_updates=dataset_updates)
+    return Engine(declared, settings, adapter).ensure(
+        request, dataset_updates=dataset_updates, progress=progress
+    )

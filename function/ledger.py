@@ -1,0 +1,146 @@
+"""The request ledger: a destructive request runs its destructive part at most once.
+
+One object per request id in the state bucket, claimed atomically with `if_generation_match=0`
+(Cloud Storage answers 412 to every writer but the first). Every later write is conditioned
+on the generation the writer last saw, so two deliveries can never both believe they own the
+request. The entry records each recreation as it is done, and at the end the completion
+event's data, which answers every later delivery of the same request id.
+
+States: running (owned, lease until `lease_until`), interrupted (the owner failed
+transiently: the next delivery takes over at once, skipping the steps already done), done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from google.api_core import exceptions as gexc
+from google.cloud import storage
+from google.cloud.storage.retry import DEFAULT_RETRY
+
+from .engine import Progress
+from .errors import TransientError
+
+PREFIX = "ledger/"
+LEASE = timedelta(minutes=15)  # longer than a run can take (the function's own timeout is shorter)
+REQUEST_TIMEOUT = 30.0
+
+
+class InProgress(TransientError):
+    """Another delivery of the same request is running: deliver this one again later."""
+
+
+@dataclass
+class Claim(Progress):
+    """Ownership of one request's entry; `done` lists the recreations already made."""
+
+    ledger: Ledger
+    request_id: str
+    generation: int
+    entry: dict[str, Any]
+    done: frozenset[str] = field(default_factory=frozenset)
+    recorded: dict[str, Any] | None = None  # set when the request had already finished
+
+    def record(self, step: str) -> None:
+        self.done = self.done | {step}
+        self.entry["recreated"] = sorted(self.done)
+        self.ledger.write(self, self.entry)
+
+    def finish(self, data: dict[str, Any]) -> None:
+        self.entry.update(state="done", result=data, finished_at=_now().isoformat())
+        self.ledger.write(self, self.entry)
+
+    def release(self) -> None:
+        """Give the request up after a transient failure, keeping the steps already done."""
+        self.entry.update(state="interrupted")
+        self.ledger.write(self, self.entry)
+
+
+class Ledger:
+    def __init__(self, client: storage.Client, bucket: str, deadline: float) -> None:
+        self.bucket = client.bucket(bucket)
+        self.retry = DEFAULT_RETRY.with_timeout(deadline)
+        self.owner = f"{socket.gethostname()}/{uuid.uuid4().hex[:8]}"
+
+    def claim(self, request_id: str) -> Claim:
+        """Own the request, or learn that it finished (`Claim.recorded`), or raise InProgress."""
+        blob = self._blob(request_id)
+        entry = {
+            "request_id": request_id,
+            "state": "running",
+            "recreated": [],
+            "claimed_at": _now().isoformat(),
+        }
+        try:
+            return self._write_claim(request_id, blob, entry, if_generation_match=0)
+        except gexc.PreconditionFailed:
+            pass  # someone claimed it before: read what they left
+        blob.reload(retry=self.retry, timeout=REQUEST_TIMEOUT)
+        current = json.loads(blob.download_as_bytes(if_generation_match=blob.generation, retry=self.retry))
+        if current["state"] == "done":
+            return Claim(self, request_id, blob.generation, current, recorded=current["result"])
+        lease_until = datetime.fromisoformat(current["lease_until"])
+        ours = current.get("owner") == self.owner  # our own write, answered 412 on a retry
+        if current["state"] == "running" and lease_until > _now() and not ours:
+            raise InProgress(
+                f"request {request_id} is being executed by {current.get('owner')} until "
+                f"{current['lease_until']}; this delivery will be retried"
+            )
+        # An interrupted owner, or one whose lease ran out (it crashed): take over.
+        current.update(state="running", taken_over_from=current.get("owner"))
+        try:
+            return self._write_claim(request_id, blob, current, if_generation_match=blob.generation)
+        except gexc.PreconditionFailed:
+            raise InProgress(f"request {request_id} was just taken over by another delivery") from None
+
+    def claim_when_free(self, request_id: str, wait: float = 30.0) -> Claim:
+        """`claim`, waiting a while for a concurrent delivery of the same request to finish,
+        so that a duplicate is answered with its result instead of a retry."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                return self.claim(request_id)
+            except InProgress:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.5)
+
+    def write(self, claim: Claim, entry: dict[str, Any]) -> None:
+        blob = self._blob(claim.request_id)
+        try:
+            blob.upload_from_string(
+                json.dumps(entry),
+                content_type="application/json",
+                if_generation_match=claim.generation,
+                retry=self.retry,
+                timeout=REQUEST_TIMEOUT,
+            )
+        except gexc.PreconditionFailed:
+            raise InProgress(f"lost the ledger entry of {claim.request_id} to another delivery") from None
+        claim.generation = blob.generation
+
+    def _write_claim(self, request_id: str, blob: storage.Blob, entry: dict[str, Any], **match: int) -> Claim:
+        entry = {**entry, "owner": self.owner, "lease_until": (_now() + LEASE).isoformat()}
+        blob.upload_from_string(
+            json.dumps(entry),
+            content_type="application/json",
+            retry=self.retry,
+            timeout=REQUEST_TIMEOUT,
+            **match,
+        )
+        return Claim(self, request_id, blob.generation, entry, done=frozenset(entry.get("recreated", [])))
+
+    def _blob(self, request_id: str) -> storage.Blob:
+        # Hashed: a request id is free text, an object name should not be.
+        return self.bucket.blob(PREFIX + hashlib.sha256(request_id.encode()).hexdigest() + ".json")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,192 @@
+"""Safety under at-least-once delivery: a forced recreation runs once per request id, backs up
+what it drops, answers redeliveries with its recorded result; backups can be restored; stale
+events are not acted on."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import requests
+
+from deploy.local.stack import Stack, StackConfig
+from tests.conftest import PROJECT, REPO, SCHEMAS
+from tests.support.e2e import Inbox, bigquery_snapshot, publish, push
+from tests.support.rows import required_row
+
+pytestmark = pytest.mark.emulators
+
+TABLE = "tenant_profiles"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    config = StackConfig(
+        workdir=tmp_path_factory.mktemp("stack"),
+        function_env={
+            "SCHEMA_SOURCE": str(SCHEMAS),
+            "ALLOW_DESTRUCTIVE": "true",
+            "BOOTSTRAP_RETRY_DEADLINE": "5",
+        },
+    )
+    with Stack(config) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def inbox(stack: Stack) -> Inbox:
+    inbox = Inbox(stack)
+    publish(stack, {"request_id": "initial"})
+    assert inbox.wait("initial").data["status"] == "succeeded"
+    return inbox
+
+
+def insert(stack: Stack, first: int, count: int) -> None:
+    client = stack.bigquery_client()
+    rows = [required_row(client, f"tenants.{TABLE}", i) for i in range(first, first + count)]
+    assert client.insert_rows_json(f"tenants.{TABLE}", rows) == []
+
+
+def rows(stack: Stack, table: str = TABLE, dataset: str = "tenants") -> list[str]:
+    query = f"SELECT tenant_id FROM `{PROJECT}.{dataset}.{table}` ORDER BY tenant_id"
+    return [r["tenant_id"] for r in stack.bigquery_client().query(query).result()]
+
+
+def backups(stack: Stack) -> list[str]:
+    client = stack.bigquery_client()
+    return sorted(t.table_id for t in client.list_tables("tenants_backups"))
+
+
+def forced(request_id: str) -> bytes:
+    message = {
+        "request_id": request_id,
+        "tables": [TABLE],
+        "force_recreate_tables": True,
+        "confirm": "tenants",
+    }
+    return json.dumps(message).encode()
+
+
+def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **stack.env}
+    return subprocess.run(
+        [sys.executable, "-m", "function", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_a_forced_request_delivered_five_times_recreates_once(stack, inbox):
+    insert(stack, 0, 3)
+    before = (
+        backups(stack)
+        if "tenants_backups" in [d.dataset_id for d in stack.bigquery_client().list_datasets()]
+        else []
+    )
+
+    first = push(stack, forced("force-seq"), message_id="m-0")
+    assert first.status_code in (200, 204)
+    event = inbox.wait("force-seq")
+    assert event.data["status"] == "succeeded"
+    assert [(t["table"], t["action"]) for t in event.data["tables"]] == [(TABLE, "recreated")]
+    [backup] = event.data["backups"]
+    assert (backup["table"], backup["rows"]) == (TABLE, 3)
+    insert(stack, 10, 2)  # written after the first execution: must survive every redelivery
+
+    for attempt in range(1, 5):
+        again = push(stack, forced("force-seq"), message_id=f"m-{attempt}")
+        assert again.status_code in (200, 204)
+    inbox.wait("force-seq", count=5)
+    events = inbox.all("force-seq")
+
+    assert len(events) == 5
+    assert [e.data.get("duplicate", False) for e in events] == [False, True, True, True, True]
+    assert all(e.data["backups"] == event.data["backups"] for e in events)
+    assert rows(stack) == ["tenant-10", "tenant-11"]
+    new_backups = sorted(set(backups(stack)) - set(before))
+    assert len(new_backups) == 1
+    assert rows(stack, new_backups[0], "tenants_backups") == ["tenant-0", "tenant-1", "tenant-2"]
+    dataset = stack.bigquery_client().get_dataset("tenants_backups")
+    assert dataset.default_table_expiration_ms == 7 * 86_400_000
+
+
+def test_a_forced_request_delivered_five_times_at_once_recreates_once(stack, inbox):
+    insert(stack, 20, 1)
+    before = backups(stack)
+
+    with ThreadPoolExecutor(5) as pool:
+        answers = list(pool.map(lambda i: push(stack, forced("force-par"), message_id=f"p-{i}"), range(5)))
+
+    assert [a.status_code for a in answers] == [answers[0].status_code] * 5
+    assert all(a.status_code in (200, 204) for a in answers)
+    inbox.wait("force-par", count=5)
+    events = inbox.all("force-par")
+    originals = [e for e in events if not e.data.get("duplicate")]
+    assert len(originals) == 1
+    assert originals[0].data["tables"][0]["action"] == "recreated"
+    assert len(set(backups(stack)) - set(before)) == 1
+
+
+def test_backups_are_listed_and_restored_without_overwriting_rows(stack, inbox):
+    insert(stack, 30, 2)
+    push(stack, forced("force-restore"), message_id="r-0")
+    [backup] = inbox.wait("force-restore").data["backups"]
+    name = backup["backup"].split(".")[-1]
+    insert(stack, 40, 1)
+
+    listed = cli(stack, "backups")
+    assert listed.returncode == 0, listed.stderr
+    assert name in listed.stdout and f"of tenants.{TABLE}, 2 rows" in listed.stdout
+
+    refused = cli(stack, "restore", name)
+    assert refused.returncode == 1
+    assert "holds 1 rows" in refused.stderr
+    assert rows(stack) == ["tenant-40"]
+
+    elsewhere = cli(stack, "restore", name, "--to", "profiles_restored")
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    assert rows(stack, "profiles_restored") == ["tenant-30", "tenant-31"]
+
+    unconfirmed = cli(stack, "restore", name, "--force")
+    assert unconfirmed.returncode == 1 and "--confirm tenants" in unconfirmed.stderr
+    forced_restore = cli(stack, "restore", name, "--force", "--confirm", "tenants")
+    assert forced_restore.returncode == 0, forced_restore.stderr
+    assert rows(stack) == ["tenant-30", "tenant-31"]
+
+
+def test_a_stale_event_is_acknowledged_with_a_failed_event_and_not_acted_on(stack, inbox):
+    before = bigquery_snapshot(stack)
+    sent = (datetime.now(UTC) - timedelta(hours=2)).isoformat().replace("+00:00", "Z")
+    message = {
+        "data": "eyJyZXF1ZXN0X2lkIjogInN0YWxlIn0=",
+        "messageId": "stale-m",
+        "attributes": {},
+    }  # {"request_id": "stale"}
+    headers = {
+        "ce-id": uuid.uuid4().hex,
+        "ce-specversion": "1.0",
+        "ce-source": f"//pubsub.googleapis.com/projects/{PROJECT}/topics/bootstrap-requests",
+        "ce-type": "google.cloud.pubsub.topic.v1.messagePublished",
+        "ce-time": sent,
+        "content-type": "application/json",
+    }
+
+    response = requests.post(
+        stack.env["FUNCTION_URL"], json={"message": message}, headers=headers, timeout=60
+    )
+
+    assert response.status_code in (200, 204)
+    event = inbox.wait("stale")
+    assert event.data["status"] == "failed"
+    assert "older than BOOTSTRAP_MAX_EVENT_AGE=3600 s" in event.data["error"]
+    assert bigquery_snapshot(stack) == before
