@@ -238,6 +238,31 @@ def test_upload_notification_reaches_function(stack: Stack, events: Path) -> Non
     upload_and_wait(stack, events)
 
 
+def test_uploads_while_the_trigger_is_detached_do_not_reach_the_function(stack: Stack, events: Path) -> None:
+    cfg = stack.config
+    seeded = f"{cfg.schema_prefix}seed{uuid.uuid4().hex[:8]}.json"
+    with stack.upload_trigger_detached():
+        storage = stack.storage_client()
+        try:
+            storage.bucket(cfg.schema_bucket).blob(seeded).upload_from_string("[]", timeout=10)
+        finally:
+            storage.close()
+
+    upload_and_wait(stack, events)  # attached again; and by then the seed would have arrived
+    object_ids = {e["data"]["message"].get("attributes", {}).get("objectId") for e in read_events(events)}
+    assert seeded not in object_ids
+    subscriber = stack.subscriber()
+    try:
+        names = {
+            s.name.rsplit("/", 1)[1]
+            for s in subscriber.list_subscriptions(project=f"projects/{cfg.project}", timeout=10)
+        }
+    finally:
+        subscriber.close()
+    assert f"{cfg.notification_topic}-push" in names
+    assert f"{cfg.notification_topic}-detached" not in names
+
+
 def test_kill_and_restart_bigquery_on_the_same_port(stack: Stack) -> None:
     port = stack.ports["bigquery"]
     pids_before = set(stack.pids)

