@@ -63,12 +63,7 @@ def plan_table(declared: TableSpec, actual: TableSpec | None, *, recreate: bool 
     merged = _diff_columns(declared.columns, actual.columns, "", changes, blocked)
     if merged != actual.columns:
         patch["schema"] = merged
-    if declared.description != actual.description:
-        changes.append(f"description: {_quote(actual.description)} -> {_quote(declared.description)}")
-        patch["description"] = declared.description or None
-    label_patch = _label_patch(declared.label_dict, actual.label_dict, "", changes)
-    if label_patch:
-        patch["labels"] = label_patch
+    _diff_metadata(declared, actual, "", changes, patch)
     _diff_partitioning(declared, actual, changes, blocked, patch)
     if tuple(c.lower() for c in declared.clustering) != tuple(c.lower() for c in actual.clustering):
         changes.append(f"clustering: {_columns(actual.clustering)} -> {_columns(declared.clustering)}")
@@ -107,12 +102,7 @@ def plan_dataset(declared: DatasetSpec, actual: DatasetSpec | None, *, recreate:
                 f"{actual.location}, or recreate the dataset with force_recreate_dataset)",
             ),
         )
-    if declared.description != actual.description:
-        changes.append(f"description: {_quote(actual.description)} -> {_quote(declared.description)}")
-        patch["description"] = declared.description or None
-    label_patch = _label_patch(declared.label_dict, actual.label_dict, "dataset ", changes)
-    if label_patch:
-        patch["labels"] = label_patch
+    _diff_metadata(declared, actual, "dataset ", changes, patch)
     if not changes:
         return DatasetPlan(declared.name, Action.UNCHANGED)
     return DatasetPlan(declared.name, Action.UPDATE, tuple(changes), patch=patch)
@@ -212,17 +202,27 @@ def _diff_partitioning(
         patch["partition_expiration_ms"] = want.expiration_ms
 
 
-def _label_patch(
-    want: dict[str, str], have: dict[str, str], prefix: str, changes: list[str]
-) -> dict[str, str]:
-    """Declared labels are enforced; labels that other tools set (billing, DLP) are left alone."""
-    patch = {k: v for k, v in sorted(want.items()) if have.get(k) != v}
-    for key, value in patch.items():
+def _diff_metadata(
+    declared: TableSpec | DatasetSpec,
+    actual: TableSpec | DatasetSpec,
+    prefix: str,
+    changes: list[str],
+    patch: dict[str, Any],
+) -> None:
+    """Description and labels, alike for tables and datasets. Declared labels are enforced;
+    labels that other tools set (billing, DLP) are left alone."""
+    if declared.description != actual.description:
+        changes.append(f"{prefix}description: {_quote(actual.description)} -> {_quote(declared.description)}")
+        patch["description"] = declared.description or None
+    have = actual.label_dict
+    labels = {k: v for k, v in sorted(declared.label_dict.items()) if have.get(k) != v}
+    for key, value in labels.items():
         old = have.get(key)
         changes.append(
             f"{prefix}label {key}: {_quote(old) if old is not None else '(unset)'} -> {_quote(value)}"
         )
-    return patch
+    if labels:
+        patch["labels"] = labels
 
 
 def _kind(column: Column) -> str:
