@@ -1,0 +1,517 @@
+#!/usr/bin/env bash
+# deploy/deploy.sh: from a clone to a running production deployment of the tenants bootstrap
+# function in one command, safe to run again. `deploy/deploy.sh --help` lists the settings.
+set -euo pipefail
+
+PROG=deploy.sh
+# shellcheck source-path=SCRIPTDIR
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+usage() {
+  cat <<EOF
+Usage: deploy/deploy.sh --project PROJECT_ID [settings] [switches]
+
+Sets up everything the tenants bootstrap function needs in one Google Cloud project and deploys
+it: the APIs; three service accounts (runtime, trigger, build) with least privilege; the requests,
+completion and dead-letter topics; the schema bucket (versioned, seeded from schemas/) and the
+state bucket; the gen2 function with its Pub/Sub trigger on the requests topic (retries on); an
+Eventarc trigger for schema uploads; dead-lettering on both trigger subscriptions.
+
+Every resource is described before it is created or changed, so a second run with the same code
+and settings changes nothing. The function is redeployed only when its uploaded source (per
+.gcloudignore) or its settings changed: a hash of both is kept in its label deploy_hash.
+
+$SETTINGS_HELP
+  --runtime RUNTIME           BOOTSTRAP_RUNTIME                 python311
+  --memory SIZE               BOOTSTRAP_MEMORY                  512Mi
+  --max-instances N           BOOTSTRAP_MAX_INSTANCES           10
+  --timeout DURATION          BOOTSTRAP_TIMEOUT                 540s
+  --ingress SETTING           BOOTSTRAP_INGRESS                 internal-only
+  --max-delivery-attempts N   BOOTSTRAP_MAX_DELIVERY_ATTEMPTS   10 (5-100; then dead-lettered)
+  --max-event-age SECONDS     BOOTSTRAP_MAX_EVENT_AGE           3600
+  --retry-deadline SECONDS    BOOTSTRAP_RETRY_DEADLINE          60
+  --concurrency N             BOOTSTRAP_CONCURRENCY             8
+
+Switches:
+  --allow-destructive   deploy with ALLOW_DESTRUCTIVE=true and give the function what
+                        force_recreate_* requests need: BigQuery delete permissions, and the
+                        row access and job runner role of the backup copies made first. Only
+                        this flag does it (an ALLOW_DESTRUCTIVE variable in your shell is
+                        ignored); a later run without it takes all of it back.
+  --force-redeploy      redeploy the function even if its source and settings are unchanged
+  --skip-schema-sync    leave the objects in the schema bucket as they are
+  --dry-run             print every command, run none (needs no credentials)
+  -h, --help            this text
+
+Environment only:
+  PYTHON                interpreter for 'python -m function sync', with requirements.txt
+                        installed (default: .venv/bin/python if it exists, else python3)
+EOF
+}
+
+# ---------------------------------------------------------------------------------------------
+# Settings
+
+load_settings
+BOOTSTRAP_RUNTIME=${BOOTSTRAP_RUNTIME:-python311}
+BOOTSTRAP_MEMORY=${BOOTSTRAP_MEMORY:-512Mi}
+BOOTSTRAP_MAX_INSTANCES=${BOOTSTRAP_MAX_INSTANCES:-10}
+BOOTSTRAP_TIMEOUT=${BOOTSTRAP_TIMEOUT:-540s}
+BOOTSTRAP_INGRESS=${BOOTSTRAP_INGRESS:-internal-only}
+BOOTSTRAP_MAX_DELIVERY_ATTEMPTS=${BOOTSTRAP_MAX_DELIVERY_ATTEMPTS:-10}
+BOOTSTRAP_MAX_EVENT_AGE=${BOOTSTRAP_MAX_EVENT_AGE:-3600}
+BOOTSTRAP_RETRY_DEADLINE=${BOOTSTRAP_RETRY_DEADLINE:-60}
+BOOTSTRAP_CONCURRENCY=${BOOTSTRAP_CONCURRENCY:-8}
+ALLOW_DESTRUCTIVE=false # only --allow-destructive sets it
+FORCE_REDEPLOY=0
+SKIP_SYNC=0
+
+set_flag() {
+  set_common_flag "$1" "$2" && return 0
+  case $1 in
+    --runtime) BOOTSTRAP_RUNTIME=$2 ;;
+    --memory) BOOTSTRAP_MEMORY=$2 ;;
+    --max-instances) BOOTSTRAP_MAX_INSTANCES=$2 ;;
+    --timeout) BOOTSTRAP_TIMEOUT=$2 ;;
+    --ingress) BOOTSTRAP_INGRESS=$2 ;;
+    --max-delivery-attempts) BOOTSTRAP_MAX_DELIVERY_ATTEMPTS=$2 ;;
+    --max-event-age) BOOTSTRAP_MAX_EVENT_AGE=$2 ;;
+    --retry-deadline) BOOTSTRAP_RETRY_DEADLINE=$2 ;;
+    --concurrency) BOOTSTRAP_CONCURRENCY=$2 ;;
+    *) usage_error "unknown option '$1'" ;;
+  esac
+}
+
+while (($#)); do
+  case $1 in
+    -h | --help)
+      usage
+      exit 0
+      ;;
+    --dry-run) DRY_RUN=1 ;;
+    --allow-destructive) ALLOW_DESTRUCTIVE=true ;;
+    --force-redeploy) FORCE_REDEPLOY=1 ;;
+    --skip-schema-sync) SKIP_SYNC=1 ;;
+    --*=*) set_flag "${1%%=*}" "${1#*=}" ;;
+    --*)
+      (($# >= 2)) || usage_error "$1 needs a value"
+      set_flag "$1" "$2"
+      shift
+      ;;
+    *) usage_error "unexpected argument '$1'" ;;
+  esac
+  shift
+done
+
+validate_common_settings
+positive='^[1-9][0-9]*$'
+check "runtime (--runtime, BOOTSTRAP_RUNTIME)" "$BOOTSTRAP_RUNTIME" '^python3[0-9]{1,2}$' \
+  'a Python runtime such as python311 or python312'
+check "memory (--memory, BOOTSTRAP_MEMORY)" "$BOOTSTRAP_MEMORY" '^[1-9][0-9]*(k|M|G|Ki|Mi|Gi)$' \
+  'a size such as 512Mi or 1Gi'
+check "max instances (--max-instances, BOOTSTRAP_MAX_INSTANCES)" "$BOOTSTRAP_MAX_INSTANCES" \
+  "$positive" 'a positive integer'
+check "timeout (--timeout, BOOTSTRAP_TIMEOUT)" "$BOOTSTRAP_TIMEOUT" '^[1-9][0-9]*s$' \
+  'seconds with an s, such as 540s'
+check "ingress (--ingress, BOOTSTRAP_INGRESS)" "$BOOTSTRAP_INGRESS" \
+  '^(all|internal-only|internal-and-gclb)$' 'all, internal-only or internal-and-gclb'
+check "max delivery attempts (--max-delivery-attempts, BOOTSTRAP_MAX_DELIVERY_ATTEMPTS)" \
+  "$BOOTSTRAP_MAX_DELIVERY_ATTEMPTS" "$positive" 'an integer from 5 to 100'
+((BOOTSTRAP_MAX_DELIVERY_ATTEMPTS >= 5 && BOOTSTRAP_MAX_DELIVERY_ATTEMPTS <= 100)) ||
+  usage_error "invalid max delivery attempts '$BOOTSTRAP_MAX_DELIVERY_ATTEMPTS': Pub/Sub allows 5 to 100"
+check "max event age (--max-event-age, BOOTSTRAP_MAX_EVENT_AGE)" "$BOOTSTRAP_MAX_EVENT_AGE" \
+  "$positive" 'a positive number of seconds'
+check "retry deadline (--retry-deadline, BOOTSTRAP_RETRY_DEADLINE)" "$BOOTSTRAP_RETRY_DEADLINE" \
+  "$positive" 'a positive number of seconds'
+check "concurrency (--concurrency, BOOTSTRAP_CONCURRENCY)" "$BOOTSTRAP_CONCURRENCY" \
+  "$positive" 'a positive integer'
+
+if [[ -z ${PYTHON:-} ]]; then
+  if [[ -x $ROOT/.venv/bin/python ]]; then
+    PYTHON=$ROOT/.venv/bin/python
+  else
+    PYTHON=python3
+  fi
+fi
+if ((!DRY_RUN)); then
+  require_tool gcloud "install the Google Cloud CLI: https://cloud.google.com/sdk/docs/install"
+  if ((!SKIP_SYNC)); then
+    require_tool "$PYTHON" "set PYTHON to an interpreter with requirements.txt installed (make venv)"
+  fi
+fi
+[[ -f $ROOT/main.py ]] || ((DRY_RUN)) ||
+  die "$ROOT/main.py not found: the function's entry point must be in the repository root"
+
+P=$GOOGLE_CLOUD_PROJECT
+R=$BOOTSTRAP_REGION
+SCHEMA_SOURCE="gs://${BOOTSTRAP_SCHEMA_BUCKET}/schemas/"
+STORAGE_EVENT=google.cloud.storage.object.v1.finalized
+
+# The custom role of the runtime service account: BigQuery metadata, nothing else. Rows are read
+# and written only by the backup copy jobs that precede a forced recreation, so the permissions
+# for those (and the job runner role) come with the deployment's destructive consent.
+ROLE_PERMISSIONS=(
+  bigquery.datasets.create # create the dataset and the backup dataset
+  bigquery.datasets.get    # read their metadata
+  bigquery.datasets.update # patch description, labels, default expirations
+  bigquery.tables.create   # create tables (and the backup copies)
+  bigquery.tables.get      # read table metadata and schema
+  bigquery.tables.list     # see which tables exist
+  bigquery.tables.update   # patch schema, description, labels, partitioning, clustering
+)
+if [[ $ALLOW_DESTRUCTIVE == true ]]; then
+  ROLE_PERMISSIONS+=(
+    bigquery.tables.getData    # source of a backup copy job
+    bigquery.tables.updateData # destination of a backup copy job
+    bigquery.tables.delete     # force_recreate_tables
+    bigquery.datasets.delete   # force_recreate_dataset
+  )
+fi
+
+if ((DRY_RUN)); then
+  echo "# deploy.sh --dry-run: the commands a first run on an empty project would run, reads"
+  echo "# included. Values known only at run time are shown as <...>."
+fi
+log "project $P, region $R, function $BOOTSTRAP_FUNCTION, dataset $BOOTSTRAP_DATASET" \
+  "($BOOTSTRAP_LOCATION), allow destructive: $ALLOW_DESTRUCTIVE"
+
+# ---------------------------------------------------------------------------------------------
+# 1. APIs
+
+APIS=(
+  artifactregistry.googleapis.com bigquery.googleapis.com cloudbuild.googleapis.com
+  cloudfunctions.googleapis.com cloudresourcemanager.googleapis.com eventarc.googleapis.com
+  iam.googleapis.com logging.googleapis.com pubsub.googleapis.com run.googleapis.com
+  storage.googleapis.com
+)
+query services list --enabled --format='value(config.name)'
+missing=()
+for api in "${APIS[@]}"; do
+  grep -Fxq "$api" <<<"$OUT" || missing+=("$api")
+done
+if ((${#missing[@]})); then
+  mutate services enable "${missing[@]}"
+fi
+
+query projects describe "$P" --format='value(projectNumber)'
+PROJECT_NUMBER=$OUT
+if ((DRY_RUN)); then
+  PROJECT_NUMBER='<PROJECT_NUMBER>'
+fi
+[[ -n $PROJECT_NUMBER ]] || die "could not read the number of project $P"
+PUBSUB_AGENT="service-${PROJECT_NUMBER}@gcp-sa-pubsub.iam.gserviceaccount.com"
+EVENTARC_AGENT="service-${PROJECT_NUMBER}@gcp-sa-eventarc.iam.gserviceaccount.com"
+
+# ---------------------------------------------------------------------------------------------
+# 2. Identities and their grants
+
+ensure_service_account() { # EMAIL DISPLAY-NAME DESCRIPTION
+  if ! exists iam service-accounts describe "$1" --format='value(email)'; then
+    mutate iam service-accounts create "${1%%@*}" --display-name="$2" --description="$3"
+  fi
+}
+ensure_service_account "$RUNTIME_SA" "$BOOTSTRAP_FUNCTION runtime" \
+  "Identity of the $BOOTSTRAP_FUNCTION function: BigQuery, schema and state buckets, completion topic"
+ensure_service_account "$TRIGGER_SA" "$BOOTSTRAP_FUNCTION triggers" \
+  "Identity of the Eventarc triggers that invoke $BOOTSTRAP_FUNCTION"
+ensure_service_account "$BUILD_SA" "$BOOTSTRAP_FUNCTION build" \
+  "Identity of the Cloud Build runs that build $BOOTSTRAP_FUNCTION"
+
+WANT_PERMISSIONS=$(printf '%s\n' "${ROLE_PERMISSIONS[@]}" | LC_ALL=C sort | paste -sd, -)
+if exists iam roles describe "$CUSTOM_ROLE_ID" --project="$P" \
+  --format="value[separator='|'](deleted,includedPermissions)"; then
+  IFS='|' read -r role_deleted role_permissions <<<"$OUT"
+  if [[ $role_deleted == True ]]; then
+    mutate iam roles undelete "$CUSTOM_ROLE_ID" --project="$P"
+  fi
+  have=$(tr ';' '\n' <<<"$role_permissions" | LC_ALL=C sort | paste -sd, -)
+  if [[ $have != "$WANT_PERMISSIONS" ]]; then
+    mutate iam roles update "$CUSTOM_ROLE_ID" --project="$P" --permissions="$WANT_PERMISSIONS"
+  fi
+else
+  mutate iam roles create "$CUSTOM_ROLE_ID" --project="$P" --stage=GA \
+    --title="Tenants bootstrap ($BOOTSTRAP_FUNCTION)" \
+    --description="BigQuery datasets and tables that $BOOTSTRAP_FUNCTION creates, patches and backs up" \
+    --permissions="$WANT_PERMISSIONS"
+fi
+
+ensure_binding projects "$P" "$CUSTOM_ROLE" "serviceAccount:$RUNTIME_SA"
+if [[ $ALLOW_DESTRUCTIVE == true ]]; then # the backup copy jobs
+  ensure_binding projects "$P" roles/bigquery.jobUser "serviceAccount:$RUNTIME_SA"
+else
+  remove_binding projects "$P" roles/bigquery.jobUser "serviceAccount:$RUNTIME_SA"
+fi
+ensure_binding projects "$P" roles/eventarc.eventReceiver "serviceAccount:$TRIGGER_SA"
+ensure_binding projects "$P" roles/cloudbuild.builds.builder "serviceAccount:$BUILD_SA"
+
+# Google's service agents. Pub/Sub's and Eventarc's hold their service-agent role on the project
+# once they exist; create them only if they do not.
+if ! has_binding projects "$P" roles/pubsub.serviceAgent "serviceAccount:$PUBSUB_AGENT"; then
+  mutate beta services identity create --service=pubsub.googleapis.com --project="$P"
+fi
+if ! has_binding projects "$P" roles/eventarc.serviceAgent "serviceAccount:$EVENTARC_AGENT"; then
+  mutate beta services identity create --service=eventarc.googleapis.com --project="$P"
+fi
+query storage service-agent
+STORAGE_AGENT=$OUT
+if ((DRY_RUN)); then
+  STORAGE_AGENT="service-${PROJECT_NUMBER}@gs-project-accounts.iam.gserviceaccount.com"
+fi
+[[ -n $STORAGE_AGENT ]] || die "could not read the Cloud Storage service agent of project $P"
+# Eventarc's Cloud Storage triggers: the bucket's notifications are published by this agent.
+ensure_binding projects "$P" roles/pubsub.publisher "serviceAccount:$STORAGE_AGENT"
+# Push subscriptions sign their requests as the trigger account; projects whose Pub/Sub agent
+# predates April 2021 need this grant for it (on this one account, not the project).
+ensure_binding "iam service-accounts" "$TRIGGER_SA" roles/iam.serviceAccountTokenCreator \
+  "serviceAccount:$PUBSUB_AGENT"
+
+# ---------------------------------------------------------------------------------------------
+# 3. Topics and the subscriptions that keep their messages readable
+
+for topic in "$BOOTSTRAP_REQUESTS_TOPIC" "$COMPLETION_TOPIC" "$BOOTSTRAP_DEAD_LETTER_TOPIC"; do
+  if ! exists pubsub topics describe "$topic" --format='value(name)'; then
+    mutate pubsub topics create "$topic"
+  fi
+done
+
+ensure_pull_subscription() { # SUBSCRIPTION TOPIC
+  if ! exists pubsub subscriptions describe "$1" --format='value(name)'; then
+    mutate pubsub subscriptions create "$1" --topic="$2" \
+      --message-retention-duration=7d --expiration-period=never
+  fi
+}
+# Messages published to a topic without subscriptions are lost: one for the dead letters, one
+# to watch completion events (downstream services add their own).
+ensure_pull_subscription "$DEAD_LETTER_SUBSCRIPTION" "$BOOTSTRAP_DEAD_LETTER_TOPIC"
+ensure_pull_subscription "$COMPLETION_SUBSCRIPTION" "$COMPLETION_TOPIC"
+
+ensure_binding "pubsub topics" "$COMPLETION_TOPIC" roles/pubsub.publisher \
+  "serviceAccount:$RUNTIME_SA"
+ensure_binding "pubsub topics" "$BOOTSTRAP_DEAD_LETTER_TOPIC" roles/pubsub.publisher \
+  "serviceAccount:$PUBSUB_AGENT"
+
+# ---------------------------------------------------------------------------------------------
+# 4. Buckets
+
+BUCKET_FIELDS="value[separator='|'](location,versioning_enabled,uniform_bucket_level_access,labels.schema_digest)"
+SCHEMA_BUCKET_LOCATION=$R
+SCHEMA_DIGEST_LABEL=""
+if exists storage buckets describe "gs://$BOOTSTRAP_SCHEMA_BUCKET" --format="$BUCKET_FIELDS"; then
+  IFS='|' read -r location versioning uniform SCHEMA_DIGEST_LABEL <<<"$OUT"
+  SCHEMA_BUCKET_LOCATION=$(tr '[:upper:]' '[:lower:]' <<<"$location")
+  if [[ $uniform != True ]]; then
+    mutate storage buckets update "gs://$BOOTSTRAP_SCHEMA_BUCKET" --uniform-bucket-level-access
+  fi
+  if [[ $versioning != True ]]; then
+    mutate storage buckets update "gs://$BOOTSTRAP_SCHEMA_BUCKET" --versioning
+  fi
+else
+  mutate storage buckets create "gs://$BOOTSTRAP_SCHEMA_BUCKET" --location="$R" \
+    --uniform-bucket-level-access --public-access-prevention
+  # Every uploaded schema stays in the bucket's history.
+  mutate storage buckets update "gs://$BOOTSTRAP_SCHEMA_BUCKET" --versioning
+fi
+
+if exists storage buckets describe "gs://$BOOTSTRAP_STATE_BUCKET" --format="$BUCKET_FIELDS"; then
+  IFS='|' read -r _ _ uniform _ <<<"$OUT"
+  if [[ $uniform != True ]]; then
+    mutate storage buckets update "gs://$BOOTSTRAP_STATE_BUCKET" --uniform-bucket-level-access
+  fi
+else
+  mutate storage buckets create "gs://$BOOTSTRAP_STATE_BUCKET" --location="$R" \
+    --uniform-bucket-level-access --public-access-prevention
+fi
+
+ensure_binding "storage buckets" "gs://$BOOTSTRAP_SCHEMA_BUCKET" roles/storage.objectViewer \
+  "serviceAccount:$RUNTIME_SA"
+ensure_binding "storage buckets" "gs://$BOOTSTRAP_STATE_BUCKET" roles/storage.objectUser \
+  "serviceAccount:$RUNTIME_SA"
+
+# ---------------------------------------------------------------------------------------------
+# 5. Seed the schema bucket from schemas/ with the project's own sync (it validates every file
+# first and uploads nothing if one is invalid). Skipped while schemas/ is what was last synced,
+# so a second run neither re-uploads (each upload is a new generation and a new event) nor
+# overwrites schemas uploaded to the bucket since.
+
+if ((SKIP_SYNC)); then
+  log "schema sync skipped (--skip-schema-sync)"
+else
+  [[ -d $ROOT/schemas ]] || die "$ROOT/schemas not found: nothing to seed the schema bucket with"
+  SCHEMA_DIGEST=$(
+    cd "$ROOT"
+    find schemas -type f ! -name '.*' | LC_ALL=C sort | while IFS= read -r f; do
+      printf '%s %s\n' "$(sha256 <"$f")" "$f"
+    done | sha256 | cut -c1-40
+  )
+  if [[ $SCHEMA_DIGEST_LABEL == "$SCHEMA_DIGEST" ]]; then
+    log "schema bucket already holds schemas/ (digest $SCHEMA_DIGEST): not synced again"
+  else
+    SYNC=("$PYTHON" -m function sync --source schemas --to "$SCHEMA_SOURCE")
+    if ((DRY_RUN)); then
+      quote_cmd "${SYNC[@]}"
+    else
+      log "+ $(quote_cmd "${SYNC[@]}")"
+      (cd "$ROOT" && GOOGLE_CLOUD_PROJECT=$P "${SYNC[@]}" >&2) ||
+        die "the schema sync failed (nothing is uploaded while any schema is invalid): fix schemas/ and run again"
+    fi
+    mutate storage buckets update "gs://$BOOTSTRAP_SCHEMA_BUCKET" \
+      --update-labels="schema_digest=$SCHEMA_DIGEST"
+  fi
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 6. The function, with its Pub/Sub trigger on the requests topic
+
+ENV_VARS=$(
+  IFS=,
+  vars=(
+    "GOOGLE_CLOUD_PROJECT=$P"
+    "BOOTSTRAP_DATASET=$BOOTSTRAP_DATASET"
+    "BOOTSTRAP_LOCATION=$BOOTSTRAP_LOCATION"
+    "SCHEMA_SOURCE=$SCHEMA_SOURCE"
+    "COMPLETION_TOPIC=$COMPLETION_TOPIC"
+    "ALLOW_DESTRUCTIVE=$ALLOW_DESTRUCTIVE"
+    "BOOTSTRAP_STATE_BUCKET=$BOOTSTRAP_STATE_BUCKET"
+    "BOOTSTRAP_BACKUP_DATASET=$BOOTSTRAP_BACKUP_DATASET"
+    "BOOTSTRAP_MAX_EVENT_AGE=$BOOTSTRAP_MAX_EVENT_AGE"
+    "BOOTSTRAP_RETRY_DEADLINE=$BOOTSTRAP_RETRY_DEADLINE"
+    "BOOTSTRAP_CONCURRENCY=$BOOTSTRAP_CONCURRENCY"
+  )
+  printf '%s' "${vars[*]}"
+)
+DEPLOY_ARGS=(
+  functions deploy "$BOOTSTRAP_FUNCTION" --gen2 --region="$R"
+  --runtime="$BOOTSTRAP_RUNTIME" --entry-point=bootstrap
+  --trigger-topic="$BOOTSTRAP_REQUESTS_TOPIC" --retry
+  --service-account="$RUNTIME_SA" --trigger-service-account="$TRIGGER_SA"
+  --build-service-account="projects/$P/serviceAccounts/$BUILD_SA"
+  --memory="$BOOTSTRAP_MEMORY" --max-instances="$BOOTSTRAP_MAX_INSTANCES"
+  --timeout="$BOOTSTRAP_TIMEOUT" --ingress-settings="$BOOTSTRAP_INGRESS"
+  --no-allow-unauthenticated --serve-all-traffic-latest-revision
+  --set-env-vars="$ENV_VARS"
+)
+
+# The hash of what would be uploaded (the same .gcloudignore rules as the deploy) and of every
+# deploy setting. The source path is left out: another clone of the same commit is no change.
+if ((DRY_RUN)); then
+  quote_cmd gcloud meta list-files-for-upload "$ROOT"
+  DEPLOY_HASH='<hash of the upload set and settings>'
+else
+  UPLOAD_FILES=$(cd "$ROOT" && gcloud meta list-files-for-upload .) ||
+    die "gcloud meta list-files-for-upload failed in $ROOT"
+  for needed in main.py requirements.txt; do
+    grep -Fxq "$needed" <<<"$UPLOAD_FILES" ||
+      die "$needed is not in the upload set: check $ROOT/.gcloudignore"
+  done
+  DEPLOY_HASH=$(
+    cd "$ROOT"
+    {
+      printf '%s\n' "${DEPLOY_ARGS[@]}"
+      LC_ALL=C sort <<<"$UPLOAD_FILES" | while IFS= read -r f; do
+        printf '%s %s\n' "$(sha256 <"$f")" "$f"
+      done
+    } | sha256 | cut -c1-40
+  )
+fi
+
+FUNCTION_FIELDS="value[separator='|'](state,labels.deploy_hash,serviceConfig.service,eventTrigger.trigger)"
+deployed=0
+if exists functions describe "$BOOTSTRAP_FUNCTION" --region="$R" --format="$FUNCTION_FIELDS"; then
+  IFS='|' read -r state hash _ _ <<<"$OUT"
+  if [[ $state == ACTIVE && $hash == "$DEPLOY_HASH" ]] && ((!FORCE_REDEPLOY)); then
+    log "function $BOOTSTRAP_FUNCTION is ACTIVE with this source and these settings: not redeployed"
+  else
+    deployed=1
+  fi
+else
+  deployed=1
+fi
+if ((deployed)); then
+  mutate "${DEPLOY_ARGS[@]}" --source="$ROOT" --update-labels="deploy_hash=$DEPLOY_HASH"
+fi
+query functions describe "$BOOTSTRAP_FUNCTION" --region="$R" --format="$FUNCTION_FIELDS"
+IFS='|' read -r state _ SERVICE FUNCTION_TRIGGER <<<"$OUT"
+if ((DRY_RUN)); then
+  SERVICE=$BOOTSTRAP_FUNCTION
+  FUNCTION_TRIGGER="projects/$P/locations/$R/triggers/<trigger of the function>"
+fi
+SERVICE=${SERVICE##*/}
+[[ -n $SERVICE && -n $FUNCTION_TRIGGER ]] ||
+  die "function $BOOTSTRAP_FUNCTION (state ${state:-unknown}) has no Cloud Run service or trigger"
+
+# The trigger identity may invoke the function's Cloud Run service, nothing else.
+ensure_binding "run services" "$SERVICE" roles/run.invoker "serviceAccount:$TRIGGER_SA" \
+  --region="$R"
+
+# ---------------------------------------------------------------------------------------------
+# 7. Schema uploads: an Eventarc Cloud Storage trigger to the same service. (A gen2 function has
+# one trigger of its own; this second one targets its Cloud Run service.) It must live where the
+# bucket lives.
+
+TRIGGER_HASH=$(
+  printf '%s\n' "$BOOTSTRAP_SCHEMA_BUCKET" "$SERVICE" "$R" "$TRIGGER_SA" "$STORAGE_EVENT" |
+    sha256 | cut -c1-40
+)
+TRIGGER_ARGS=(
+  --location="$SCHEMA_BUCKET_LOCATION"
+  --destination-run-service="$SERVICE" --destination-run-region="$R"
+  --event-filters="type=$STORAGE_EVENT" --event-filters="bucket=$BOOTSTRAP_SCHEMA_BUCKET"
+  --service-account="$TRIGGER_SA"
+)
+if exists eventarc triggers describe "$STORAGE_TRIGGER" --location="$SCHEMA_BUCKET_LOCATION" \
+  --format='value(labels.deploy_hash)'; then
+  if [[ $OUT != "$TRIGGER_HASH" ]]; then
+    mutate_retry eventarc triggers update "$STORAGE_TRIGGER" "${TRIGGER_ARGS[@]}" \
+      --update-labels="deploy_hash=$TRIGGER_HASH"
+  fi
+else
+  # Retried: the grants above can take a minute to reach Eventarc and Cloud Storage.
+  mutate_retry eventarc triggers create "$STORAGE_TRIGGER" "${TRIGGER_ARGS[@]}" \
+    --labels="deploy_hash=$TRIGGER_HASH"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 8. Dead-lettering on both trigger subscriptions (Google creates them; their names are read
+# from the triggers).
+
+ensure_dead_letter() { # LABEL EVENTARC-TRIGGER [--location=LOC]
+  local label=$1 trigger=$2 subscription
+  shift 2
+  query eventarc triggers describe "$trigger" "$@" --format='value(transport.pubsub.subscription)'
+  subscription=$OUT
+  if ((DRY_RUN)); then
+    subscription="<subscription of the $label trigger>"
+  fi
+  [[ -n $subscription ]] || die "Eventarc trigger $trigger has no Pub/Sub subscription"
+  local want="projects/$P/topics/$BOOTSTRAP_DEAD_LETTER_TOPIC|$BOOTSTRAP_MAX_DELIVERY_ATTEMPTS"
+  query pubsub subscriptions describe "$subscription" \
+    --format="value[separator='|'](deadLetterPolicy.deadLetterTopic,deadLetterPolicy.maxDeliveryAttempts)"
+  if [[ $OUT != "$want" ]]; then
+    mutate pubsub subscriptions update "$subscription" \
+      --dead-letter-topic="$BOOTSTRAP_DEAD_LETTER_TOPIC" \
+      --max-delivery-attempts="$BOOTSTRAP_MAX_DELIVERY_ATTEMPTS"
+  fi
+  # Pub/Sub forwards to the dead-letter topic as its service agent, which must be able to
+  # acknowledge on the source subscription.
+  ensure_binding "pubsub subscriptions" "$subscription" roles/pubsub.subscriber \
+    "serviceAccount:$PUBSUB_AGENT"
+}
+ensure_dead_letter requests "$FUNCTION_TRIGGER"
+ensure_dead_letter schema-upload "$STORAGE_TRIGGER" --location="$SCHEMA_BUCKET_LOCATION"
+
+# ---------------------------------------------------------------------------------------------
+
+if ((DRY_RUN)); then
+  log "dry run: nothing was changed"
+  exit 0
+fi
+cat >&2 <<EOF
+
+$PROG: done. $BOOTSTRAP_FUNCTION is deployed in $P ($R).
+  requests:     gcloud pubsub topics publish $BOOTSTRAP_REQUESTS_TOPIC --project=$P --message='{}'
+  completions:  gcloud pubsub subscriptions pull $COMPLETION_SUBSCRIPTION --project=$P --auto-ack --limit=10
+  dead letters: gcloud pubsub subscriptions pull $DEAD_LETTER_SUBSCRIPTION --project=$P --limit=10
+  logs:         gcloud functions logs read $BOOTSTRAP_FUNCTION --gen2 --project=$P --region=$R --limit=50
+  schemas:      $SCHEMA_SOURCE (every upload is applied; the bucket keeps each version)
+EOF

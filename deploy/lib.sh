@@ -1,0 +1,313 @@
+# shellcheck shell=bash disable=SC2034  # the variables set here are used by the sourcing scripts
+# deploy/lib.sh: the settings and helpers that deploy.sh and teardown.sh share. It is sourced,
+# never run. Written for bash 3.2 and later (no associative arrays, no mapfile, no namerefs).
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PROG=${PROG:-$(basename "$0")}
+DRY_RUN=0
+OUT=""
+
+# gcloud must never stop to ask: a missing answer is an error, not a hang.
+export CLOUDSDK_CORE_DISABLE_PROMPTS=1
+
+# ---------------------------------------------------------------------------------------------
+# Messages. Progress and errors go to stderr; stdout carries only the --dry-run command listing.
+
+log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
+die() {
+  printf '%s: error: %s\n' "$PROG" "$*" >&2
+  exit 1
+}
+usage_error() {
+  printf '%s: error: %s\nRun %s --help for the settings.\n' "$PROG" "$*" "$PROG" >&2
+  exit 2
+}
+
+# Prints a command so that it can be pasted back into a shell.
+quote_cmd() {
+  local out="" a safe='^[A-Za-z0-9_@%+=:,./-]+$' q="'"
+  for a in "$@"; do
+    if [[ $a =~ $safe ]]; then
+      out+=" $a"
+    else
+      out+=" '${a//$q/$q\\$q$q}'"
+    fi
+  done
+  printf '%s\n' "${out# }"
+}
+
+sha256() {
+  if command -v sha256sum >/dev/null 2>&1; then
+    sha256sum | cut -d' ' -f1
+  else
+    shasum -a 256 | cut -d' ' -f1
+  fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# Settings: each is a flag and an environment variable of the same meaning; the flag wins.
+
+SETTINGS_HELP='Settings (flag, environment variable, default):
+  --project ID                GOOGLE_CLOUD_PROJECT              required
+  --region REGION             BOOTSTRAP_REGION                  us-central1
+  --function NAME             BOOTSTRAP_FUNCTION                tenants-bootstrap
+  --dataset ID                BOOTSTRAP_DATASET                 tenants
+  --location LOC              BOOTSTRAP_LOCATION                US
+  --backup-dataset ID         BOOTSTRAP_BACKUP_DATASET          <dataset>_backups
+  --schema-bucket NAME        BOOTSTRAP_SCHEMA_BUCKET           <project>-tenant-schemas
+  --state-bucket NAME         BOOTSTRAP_STATE_BUCKET            <project>-bootstrap-state
+  --requests-topic NAME       BOOTSTRAP_REQUESTS_TOPIC          bootstrap-requests
+  --completion-topic NAME     COMPLETION_TOPIC                  bootstrap-completed
+  --dead-letter-topic NAME    BOOTSTRAP_DEAD_LETTER_TOPIC       bootstrap-dead-letter'
+
+load_settings() {
+  GOOGLE_CLOUD_PROJECT=${GOOGLE_CLOUD_PROJECT:-}
+  BOOTSTRAP_REGION=${BOOTSTRAP_REGION:-us-central1}
+  BOOTSTRAP_FUNCTION=${BOOTSTRAP_FUNCTION:-tenants-bootstrap}
+  BOOTSTRAP_DATASET=${BOOTSTRAP_DATASET:-tenants}
+  BOOTSTRAP_LOCATION=${BOOTSTRAP_LOCATION:-US}
+  BOOTSTRAP_BACKUP_DATASET=${BOOTSTRAP_BACKUP_DATASET:-}
+  BOOTSTRAP_SCHEMA_BUCKET=${BOOTSTRAP_SCHEMA_BUCKET:-}
+  BOOTSTRAP_STATE_BUCKET=${BOOTSTRAP_STATE_BUCKET:-}
+  BOOTSTRAP_REQUESTS_TOPIC=${BOOTSTRAP_REQUESTS_TOPIC:-bootstrap-requests}
+  COMPLETION_TOPIC=${COMPLETION_TOPIC:-bootstrap-completed}
+  BOOTSTRAP_DEAD_LETTER_TOPIC=${BOOTSTRAP_DEAD_LETTER_TOPIC:-bootstrap-dead-letter}
+}
+
+# set_common_flag FLAG VALUE: returns 1 if FLAG is not a common setting.
+set_common_flag() {
+  case $1 in
+    --project) GOOGLE_CLOUD_PROJECT=$2 ;;
+    --region) BOOTSTRAP_REGION=$2 ;;
+    --function) BOOTSTRAP_FUNCTION=$2 ;;
+    --dataset) BOOTSTRAP_DATASET=$2 ;;
+    --location) BOOTSTRAP_LOCATION=$2 ;;
+    --backup-dataset) BOOTSTRAP_BACKUP_DATASET=$2 ;;
+    --schema-bucket) BOOTSTRAP_SCHEMA_BUCKET=$2 ;;
+    --state-bucket) BOOTSTRAP_STATE_BUCKET=$2 ;;
+    --requests-topic) BOOTSTRAP_REQUESTS_TOPIC=$2 ;;
+    --completion-topic) COMPLETION_TOPIC=$2 ;;
+    --dead-letter-topic) BOOTSTRAP_DEAD_LETTER_TOPIC=$2 ;;
+    *) return 1 ;;
+  esac
+}
+
+# check NAME VALUE REGEX WHAT: a clear message naming the flag and the variable, before any command.
+check() {
+  local re=$3
+  [[ $2 =~ $re ]] || usage_error "invalid $1 '$2': $4"
+}
+
+validate_common_settings() {
+  [[ -n $GOOGLE_CLOUD_PROJECT ]] ||
+    usage_error "no project: pass --project PROJECT_ID or set GOOGLE_CLOUD_PROJECT"
+  check "project (--project, GOOGLE_CLOUD_PROJECT)" "$GOOGLE_CLOUD_PROJECT" \
+    '^[a-z][a-z0-9-]{4,28}[a-z0-9]$' 'a project ID: 6-30 lower-case letters, digits, hyphens'
+  : "${BOOTSTRAP_BACKUP_DATASET:=${BOOTSTRAP_DATASET}_backups}"
+  : "${BOOTSTRAP_SCHEMA_BUCKET:=${GOOGLE_CLOUD_PROJECT}-tenant-schemas}"
+  : "${BOOTSTRAP_STATE_BUCKET:=${GOOGLE_CLOUD_PROJECT}-bootstrap-state}"
+  check "region (--region, BOOTSTRAP_REGION)" "$BOOTSTRAP_REGION" \
+    '^[a-z]+-[a-z]+[0-9]+$' 'a Cloud Functions region such as us-central1'
+  check "function name (--function, BOOTSTRAP_FUNCTION)" "$BOOTSTRAP_FUNCTION" \
+    '^[a-z][a-z0-9-]{0,47}[a-z0-9]$' 'lower-case letters, digits and hyphens, at most 49'
+  check "dataset (--dataset, BOOTSTRAP_DATASET)" "$BOOTSTRAP_DATASET" \
+    '^[A-Za-z0-9_]{1,1024}$' 'letters, digits and underscores'
+  check "backup dataset (--backup-dataset, BOOTSTRAP_BACKUP_DATASET)" \
+    "$BOOTSTRAP_BACKUP_DATASET" '^[A-Za-z0-9_]{1,1024}$' 'letters, digits and underscores'
+  check "location (--location, BOOTSTRAP_LOCATION)" "$BOOTSTRAP_LOCATION" \
+    '^[A-Za-z0-9-]+$' 'a BigQuery location such as US, EU or us-central1'
+  local bucket='^[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]$' topic='^[A-Za-z][A-Za-z0-9._~+%-]{2,254}$'
+  check "schema bucket (--schema-bucket, BOOTSTRAP_SCHEMA_BUCKET)" "$BOOTSTRAP_SCHEMA_BUCKET" \
+    "$bucket" 'a bucket name: 3-63 lower-case letters, digits, hyphens, underscores'
+  check "state bucket (--state-bucket, BOOTSTRAP_STATE_BUCKET)" "$BOOTSTRAP_STATE_BUCKET" \
+    "$bucket" 'a bucket name: 3-63 lower-case letters, digits, hyphens, underscores'
+  [[ $BOOTSTRAP_SCHEMA_BUCKET != "$BOOTSTRAP_STATE_BUCKET" ]] ||
+    usage_error "the schema bucket and the state bucket must differ (both are $BOOTSTRAP_STATE_BUCKET)"
+  check "requests topic (--requests-topic, BOOTSTRAP_REQUESTS_TOPIC)" \
+    "$BOOTSTRAP_REQUESTS_TOPIC" "$topic" 'a Pub/Sub topic ID'
+  check "completion topic (--completion-topic, COMPLETION_TOPIC)" "$COMPLETION_TOPIC" \
+    "$topic" 'a Pub/Sub topic ID'
+  check "dead-letter topic (--dead-letter-topic, BOOTSTRAP_DEAD_LETTER_TOPIC)" \
+    "$BOOTSTRAP_DEAD_LETTER_TOPIC" "$topic" 'a Pub/Sub topic ID'
+
+  # Names derived from the function name (service account IDs: 6-30 characters).
+  local prefix=${BOOTSTRAP_FUNCTION:0:21}
+  prefix=${prefix%-}
+  RUNTIME_SA="${prefix}-run@${GOOGLE_CLOUD_PROJECT}.iam.gserviceaccount.com"
+  TRIGGER_SA="${prefix}-trigger@${GOOGLE_CLOUD_PROJECT}.iam.gserviceaccount.com"
+  BUILD_SA="${prefix}-build@${GOOGLE_CLOUD_PROJECT}.iam.gserviceaccount.com"
+  CUSTOM_ROLE_ID=${BOOTSTRAP_FUNCTION//-/_}
+  CUSTOM_ROLE="projects/${GOOGLE_CLOUD_PROJECT}/roles/${CUSTOM_ROLE_ID}"
+  STORAGE_TRIGGER="${BOOTSTRAP_FUNCTION}-schema-uploads"
+  DEAD_LETTER_SUBSCRIPTION="${BOOTSTRAP_DEAD_LETTER_TOPIC}-sub"
+  COMPLETION_SUBSCRIPTION="${COMPLETION_TOPIC}-watch"
+}
+
+require_tool() {
+  command -v "$1" >/dev/null 2>&1 || die "$1 not found on PATH: $2"
+}
+
+# ---------------------------------------------------------------------------------------------
+# gcloud wrappers. Every call gets --project. Three kinds:
+#   exists ARGS...   a describe: returns 0 (found, output in OUT) or 1 (NOT_FOUND); any other
+#                    failure (permission, disabled API, network) stops the script.
+#   query ARGS...    a read that must succeed; output in OUT.
+#   mutate ARGS...   a change.
+# With --dry-run each prints the command and runs nothing: exists answers "missing" and query
+# answers "", so the listing is what a first run on an empty project would do.
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/bootstrap-deploy.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+ERR_FILE="$WORK/stderr"
+GCLOUD_ARGV=()
+
+_argv() {
+  GCLOUD_ARGV=(gcloud "$@")
+  local a
+  for a in "$@"; do
+    [[ $a == --project=* ]] && return 0
+  done
+  GCLOUD_ARGV+=("--project=$GOOGLE_CLOUD_PROJECT")
+}
+
+_failed() {
+  cat "$ERR_FILE" >&2
+  die "this gcloud command failed (exit $1): $(quote_cmd "${GCLOUD_ARGV[@]}")"
+}
+
+exists() {
+  _argv "$@"
+  OUT=""
+  if ((DRY_RUN)); then
+    quote_cmd "${GCLOUD_ARGV[@]}"
+    return 1
+  fi
+  local rc=0
+  OUT=$("${GCLOUD_ARGV[@]}" 2>"$ERR_FILE") || rc=$?
+  if ((rc == 0)); then
+    return 0
+  fi
+  if grep -Eqi 'not[ _]?found|does not exist|404' "$ERR_FILE"; then
+    return 1
+  fi
+  _failed "$rc"
+}
+
+query() {
+  _argv "$@"
+  OUT=""
+  if ((DRY_RUN)); then
+    quote_cmd "${GCLOUD_ARGV[@]}"
+    return 0
+  fi
+  local rc=0
+  OUT=$("${GCLOUD_ARGV[@]}" 2>"$ERR_FILE") || rc=$?
+  ((rc == 0)) || _failed "$rc"
+}
+
+mutate() {
+  _argv "$@"
+  if ((DRY_RUN)); then
+    quote_cmd "${GCLOUD_ARGV[@]}"
+    return 0
+  fi
+  log "+ $(quote_cmd "${GCLOUD_ARGV[@]}")"
+  local rc=0
+  "${GCLOUD_ARGV[@]}" >&2 || rc=$?
+  ((rc == 0)) || die "this gcloud command failed (exit $rc): $(quote_cmd "${GCLOUD_ARGV[@]}")"
+}
+
+# A change that may race IAM propagation (a service account or grant made seconds ago): tried
+# up to 7 times, 2, 4, ... 64 seconds apart (BOOTSTRAP_RETRY_SLEEP sets the first wait).
+mutate_retry() {
+  _argv "$@"
+  if ((DRY_RUN)); then
+    quote_cmd "${GCLOUD_ARGV[@]}"
+    return 0
+  fi
+  log "+ $(quote_cmd "${GCLOUD_ARGV[@]}")"
+  local attempt=1 wait=${BOOTSTRAP_RETRY_SLEEP:-2} rc
+  while :; do
+    rc=0
+    "${GCLOUD_ARGV[@]}" >&2 || rc=$?
+    ((rc == 0)) && return 0
+    ((attempt < 7)) ||
+      die "this gcloud command failed $attempt times (exit $rc): $(quote_cmd "${GCLOUD_ARGV[@]}")"
+    log "attempt $attempt failed (IAM changes take a moment to propagate); retrying in ${wait}s"
+    sleep "$wait"
+    attempt=$((attempt + 1))
+    wait=$((wait * 2))
+  done
+}
+
+# IAM: the policy of one resource, flattened to "ROLE<TAB>MEMBER" lines, read once per resource.
+POLICY_KEY=""
+POLICY=""
+
+# _policy "GROUP WORDS" RESOURCE [FLAGS...]: loads the policy into POLICY unless cached.
+_policy() {
+  local -a group
+  read -r -a group <<<"$1"
+  local res=$2
+  shift 2
+  local key="$*"
+  key="${group[*]}|$res|$key"
+  if [[ $POLICY_KEY != "$key" ]]; then
+    query "${group[@]}" get-iam-policy "$res" "$@" \
+      --flatten='bindings[].members' --format='value(bindings.role,bindings.members)'
+    POLICY=$OUT
+    POLICY_KEY=$key
+  fi
+}
+
+# has_binding "GROUP WORDS" RESOURCE ROLE MEMBER [FLAGS...]: the policy grants ROLE to MEMBER.
+has_binding() {
+  local words=$1 res=$2 role=$3 member=$4
+  shift 4
+  _policy "$words" "$res" "$@"
+  grep -Fxq -- "$role"$'\t'"$member" <<<"$POLICY"
+}
+
+# ensure_binding "GROUP WORDS" RESOURCE ROLE MEMBER [FLAGS...]: grants ROLE to MEMBER on
+# RESOURCE unless the policy already holds it. FLAGS (e.g. --region=R) go to both calls.
+ensure_binding() {
+  local words=$1 res=$2 role=$3 member=$4 group
+  read -r -a group <<<"$words"
+  shift 4
+  if has_binding "$words" "$res" "$role" "$member" "$@"; then
+    return 0
+  fi
+  if [[ ${group[0]} == projects ]]; then
+    # A project policy that holds conditional bindings refuses an unconditional add without it.
+    mutate_retry "${group[@]}" add-iam-policy-binding "$res" "$@" \
+      --member="$member" --role="$role" --condition=None
+  else
+    mutate_retry "${group[@]}" add-iam-policy-binding "$res" "$@" \
+      --member="$member" --role="$role"
+  fi
+  POLICY+=$'\n'"$role"$'\t'"$member"
+}
+
+# remove_binding "GROUP WORDS" RESOURCE ROLE MEMBER [FLAGS...]: the reverse, for teardown.
+remove_binding() {
+  local words=$1 res=$2 role=$3 member=$4 group
+  read -r -a group <<<"$words"
+  shift 4
+  if ! has_binding "$words" "$res" "$role" "$member" "$@"; then
+    return 0
+  fi
+  if [[ ${group[0]} == projects ]]; then
+    mutate "${group[@]}" remove-iam-policy-binding "$res" "$@" \
+      --member="$member" --role="$role" --condition=None
+  else
+    mutate "${group[@]}" remove-iam-policy-binding "$res" "$@" \
+      --member="$member" --role="$role"
+  fi
+  POLICY=$(grep -Fxv -- "$role"$'\t'"$member" <<<"$POLICY" || true)
+}
+
+# Forget the cached policy.
+forget_policy() {
+  POLICY_KEY=""
+  POLICY=""
+}

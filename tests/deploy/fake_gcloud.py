@@ -1,0 +1,390 @@
+"""A recording stand-in for `gcloud`, `bq` and the project's Python, for the deploy script tests.
+
+Run as `python fake_gcloud.py PROG ARGS...` (the tests put small wrappers named gcloud, bq and
+python on PATH). Every call is appended to $FAKE_LOG as a JSON line {"prog", "argv", "cwd"}.
+Resources live in the JSON file $FAKE_STATE: a describe of something missing fails the way gcloud
+does (exit 1, NOT_FOUND), a create of something present fails with ALREADY_EXISTS, and changes are
+written back, so a second run sees what the first one made. $FAKE_FAIL, when it is a substring of
+the joined command line, makes that call fail with PERMISSION_DENIED. $FAKE_SYNC_EXIT is the exit
+status of the fake Python (the schema sync).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+PROJECT_NUMBER = "123456789012"
+
+GROUPS = {
+    ("projects",): "project",
+    ("iam", "service-accounts"): "sa",
+    ("iam", "roles"): "role",
+    ("pubsub", "topics"): "topic",
+    ("pubsub", "subscriptions"): "subscription",
+    ("storage", "buckets"): "bucket",
+    ("functions",): "function",
+    ("run", "services"): "service",
+    ("eventarc", "triggers"): "trigger",
+}
+
+
+class Fail(Exception):
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    if path.exists():
+        return json.loads(path.read_text())
+    return {}
+
+
+def empty_state() -> dict[str, Any]:
+    return {"services": [], "resources": {}, "policies": {}}
+
+
+def parse(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
+    words: list[str] = []
+    flags: dict[str, Any] = {}
+    for arg in argv:
+        if arg.startswith("--"):
+            key, sep, value = arg[2:].partition("=")
+            val: Any = value if sep else True
+            if key in flags:
+                prev = flags[key]
+                flags[key] = [*prev, val] if isinstance(prev, list) else [prev, val]
+            else:
+                flags[key] = val
+        else:
+            words.append(arg)
+    return words, flags
+
+
+def short(name: str) -> str:
+    name = name.removeprefix("gs://").rstrip("/")
+    return name.rsplit("/", 1)[-1]
+
+
+def lookup(record: Any, path: str) -> Any:
+    for part in path.split("."):
+        if not isinstance(record, dict):
+            return None
+        record = record.get(part)
+    return record
+
+
+def render(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, list):
+        return ";".join(render(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def formatted(records: list[Any], fmt: str | None) -> str:
+    if not fmt:
+        return "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+    match = re.fullmatch(r"value(?:\[separator='(.)'\])?\((.*)\)", fmt)
+    if not match:
+        raise Fail(f"fake gcloud: unsupported --format {fmt!r}", 3)
+    sep = match.group(1) or "\t"
+    fields = [f.strip() for f in match.group(2).split(",")]
+    return "".join(sep.join(render(lookup(r, f)) for f in fields) + "\n" for r in records)
+
+
+def labels_of(value: Any) -> dict[str, str]:
+    values = value if isinstance(value, list) else [value]
+    out: dict[str, str] = {}
+    for item in values:
+        for pair in str(item).split(","):
+            key, _, val = pair.partition("=")
+            out[key] = val
+    return out
+
+
+class Fake:
+    def __init__(self, state: dict[str, Any], project: str) -> None:
+        self.state = state
+        self.project = project
+        self.res: dict[str, Any] = state.setdefault("resources", {})
+        self.pol: dict[str, list[list[str]]] = state.setdefault("policies", {})
+
+    def get(self, key: str) -> Any:
+        if key not in self.res:
+            raise Fail(f"ERROR: (gcloud) NOT_FOUND: Resource not found (resource={key}).")
+        return self.res[key]
+
+    def put(self, key: str, record: Any) -> None:
+        if key in self.res:
+            raise Fail(f"ERROR: (gcloud) ALREADY_EXISTS: Resource already exists ({key}).")
+        self.res[key] = record
+
+    # ------------------------------------------------------------------------------------
+    def gcloud(self, argv: list[str]) -> str:
+        words, flags = parse(argv)
+        fmt = flags.get("format")
+        p = self.project
+        if words[:1] == ["meta"]:
+            return list_files(words[2] if len(words) > 2 else ".")
+        if words == ["services", "list"]:
+            return formatted([{"config": {"name": s}} for s in self.state["services"]], fmt)
+        if words[:2] == ["services", "enable"]:
+            self.state["services"] += [s for s in words[2:] if s not in self.state["services"]]
+            return ""
+        if words[:4] == ["beta", "services", "identity", "create"]:
+            service = flags["service"].split(".")[0]
+            agent = {"pubsub": "gcp-sa-pubsub", "eventarc": "gcp-sa-eventarc"}[service]
+            member = f"serviceAccount:service-{PROJECT_NUMBER}@{agent}.iam.gserviceaccount.com"
+            self.pol.setdefault(f"project/{p}", []).append([f"roles/{service}.serviceAgent", member])
+            return ""
+        if words == ["storage", "service-agent"]:
+            return f"service-{PROJECT_NUMBER}@gs-project-accounts.iam.gserviceaccount.com\n"
+        if words[:2] == ["storage", "rm"]:
+            for url in words[2:]:
+                self.get(f"bucket/{short(url)}")
+                del self.res[f"bucket/{short(url)}"]
+            return ""
+
+        for size in (2, 1):
+            kind = GROUPS.get(tuple(words[:size]))
+            if kind:
+                verb, names = words[size], words[size + 1 :]
+                break
+        else:
+            raise Fail(f"fake gcloud: unsupported command {' '.join(words)}", 3)
+        name = short(names[0]) if names else ""
+        if kind == "sa" and verb == "create":
+            name = f"{name}@{p}.iam.gserviceaccount.com"
+        key = f"{kind}/{name}"
+
+        if verb == "get-iam-policy":
+            if flags.get("flatten") != "bindings[].members":
+                raise Fail("fake gcloud: get-iam-policy is read flattened by member", 3)
+            if fmt != "value(bindings.role,bindings.members)":
+                raise Fail(f"fake gcloud: unexpected policy format {fmt!r}", 3)
+            if kind not in ("project", "service"):
+                self.get(key)
+            return "".join(f"{r}\t{m}\n" for r, m in self.pol.get(key, []))
+        if verb == "add-iam-policy-binding":
+            if kind not in ("project", "service"):
+                self.get(key)
+            self.pol.setdefault(key, []).append([flags["role"], flags["member"]])
+            return ""
+        if verb == "remove-iam-policy-binding":
+            binding = [flags["role"], flags["member"]]
+            if binding not in self.pol.get(key, []):
+                raise Fail("ERROR: (gcloud) Policy binding with the specified principal not found")
+            self.pol[key].remove(binding)
+            return ""
+
+        if kind == "project" and verb == "describe":
+            return formatted([{"projectId": name, "projectNumber": PROJECT_NUMBER}], fmt)
+        if verb == "describe":
+            return formatted([self.get(key)], fmt)
+        handler = getattr(self, f"{kind}_{verb.replace('-', '_')}", None)
+        if handler is None:
+            raise Fail(f"fake gcloud: unsupported command {' '.join(words)}", 3)
+        handler(key, name, flags)
+        return ""
+
+    # ------------------------------------------------------------------------------------
+    def sa_create(self, key: str, name: str, flags: dict[str, Any]) -> None:
+        self.put(key, {"email": name, "displayName": flags.get("display-name")})
+
+    def sa_delete(self, key: str, name: str, flags: dict[str, Any]) -> None:
+        self.get(key)
+        del self.res[key]
+        self.pol.pop(key, None)
+
+    def role_create(self, key: str, name: str, flags: dict[str, Any]) -> None:
+        perms = flags["permissions"].split(",")
+        self.put(key, {"name": f"projects/{self.project}/roles/{name}", "includedPermissions": perms})
+
+    def role_update(self, key: str, name: str, flags: dict[str, Any]) -> None:
+        self.get(key)["includedPermissions"] = flags["permissions"].split(",")
+
+    def role_undelete(self, key: str, name: str, flags: dict[str, Any]) -> None:
+        self.get(key).pop("deleted", None)
+
+    def role_delete(self, key: str, name: str, flags: dict[str, Any]) -> None:
+        self.get(key)["deleted"] = True
+
+    def topic_create(self, key: str, name: str, flags: dict[str, Any]) -> None:
+        self.put(key, {"name": f"projects/{self.project}/topics/{name}"})
+
+    def topic_delete(self, key: str, name: str, flags: dict[str, Any]) -> None:
+        self.get(key)
+        del self.res[key]
+        self.pol.pop(key, None)
+
+    def subscription_create(self, key: str, name: str, flags: dict[str, Any]) -> None:
+        topic = f"projects/{self.project}/topics/{flags['topic']}"
+        self.put(key, {"name": f"projects/{self.project}/subscriptions/{name}", "topic": topic})
+
+    def subscription_update(self, key: str, name: str, flags: dict[str, Any]) -> None:
+        record = self.get(key)
+        if "dead-letter-topic" in flags:
+            record["deadLetterPolicy"] = {
+                "deadLetterTopic": f"projects/{self.project}/topics/{flags['dead-letter-topic']}",
+                "maxDeliveryAttempts": int(flags["max-delivery-attempts"]),
+            }
+
+    subscription_delete = topic_delete
+
+    def bucket_create(self, key: str, name: str, flags: dict[str, Any]) -> None:
+        self.put(
+            key,
+            {
+                "name": name,
+                "location": flags["location"].upper(),
+                "uniform_bucket_level_access": bool(flags.get("uniform-bucket-level-access")),
+                "versioning_enabled": None,
+                "labels": {},
+            },
+        )
+
+    def bucket_update(self, key: str, name: str, flags: dict[str, Any]) -> None:
+        record = self.get(key)
+        if flags.get("versioning"):
+            record["versioning_enabled"] = True
+        if flags.get("uniform-bucket-level-access"):
+            record["uniform_bucket_level_access"] = True
+        if "update-labels" in flags:
+            record.setdefault("labels", {}).update(labels_of(flags["update-labels"]))
+
+    def _trigger(self, name: str, location: str, flags: dict[str, Any]) -> dict[str, Any]:
+        sub = f"eventarc-{location}-{name}-sub-042"
+        self.res[f"subscription/{sub}"] = {"name": f"projects/{self.project}/subscriptions/{sub}"}
+        return {
+            "name": f"projects/{self.project}/locations/{location}/triggers/{name}",
+            "transport": {"pubsub": {"subscription": f"projects/{self.project}/subscriptions/{sub}"}},
+            "labels": labels_of(flags["labels"]) if "labels" in flags else {},
+        }
+
+    def trigger_create(self, key: str, name: str, flags: dict[str, Any]) -> None:
+        if key in self.res:
+            self.put(key, None)
+        record = self._trigger(name, flags["location"], flags)
+        record.update(
+            serviceAccount=flags.get("service-account"),
+            destination={
+                "cloudRun": {
+                    "service": flags.get("destination-run-service"),
+                    "region": flags.get("destination-run-region"),
+                }
+            },
+        )
+        self.res[key] = record
+
+    def trigger_update(self, key: str, name: str, flags: dict[str, Any]) -> None:
+        record = self.get(key)
+        record.setdefault("labels", {}).update(labels_of(flags.get("update-labels", "")))
+
+    def trigger_delete(self, key: str, name: str, flags: dict[str, Any]) -> None:
+        record = self.get(key)
+        self.res.pop(f"subscription/{short(record['transport']['pubsub']['subscription'])}", None)
+        del self.res[key]
+
+    def function_deploy(self, key: str, name: str, flags: dict[str, Any]) -> None:
+        region = flags["region"]
+        record = self.res.get(key)
+        if record is None:
+            trigger = f"{name}-417235"
+            self.res[f"trigger/{trigger}"] = self._trigger(trigger, region, {})
+            record = {
+                "name": f"projects/{self.project}/locations/{region}/functions/{name}",
+                "labels": {},
+                "serviceConfig": {"service": f"projects/{self.project}/locations/{region}/services/{name}"},
+                "eventTrigger": {
+                    "trigger": f"projects/{self.project}/locations/{region}/triggers/{trigger}",
+                    "pubsubTopic": f"projects/{self.project}/topics/{flags['trigger-topic']}",
+                },
+            }
+            self.res[key] = record
+        record["state"] = "ACTIVE"
+        record["labels"].update(labels_of(flags.get("update-labels", "")))
+
+    def function_delete(self, key: str, name: str, flags: dict[str, Any]) -> None:
+        record = self.get(key)
+        self.trigger_delete(f"trigger/{short(record['eventTrigger']['trigger'])}", "", {})
+        del self.res[key]
+        self.pol.pop(f"service/{name}", None)
+
+    # ------------------------------------------------------------------------------------
+    def bq(self, argv: list[str]) -> str:
+        words, _ = parse(argv)
+        ref = words[-1]
+        key = f"dataset/{ref.split(':')[-1]}"
+        if words[0] == "show":
+            if key not in self.res:
+                raise Fail(f"BigQuery error in show operation: Not found: Dataset {ref}")
+            return ""
+        if words[0] == "rm":
+            self.get(key)
+            del self.res[key]
+            return ""
+        raise Fail(f"fake bq: unsupported command {' '.join(words)}", 3)
+
+
+def list_files(directory: str) -> str:
+    real = os.environ.get("FAKE_REAL_GCLOUD")
+    if real:
+        done = subprocess.run(
+            [real, "meta", "list-files-for-upload", directory],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return done.stdout
+    root = Path(directory)
+    skip = {".git", ".venv", "tests", "deploy", "__pycache__"}
+    files = [
+        p.relative_to(root).as_posix()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not skip.intersection(p.relative_to(root).parts)
+    ]
+    return "".join(f + "\n" for f in files)
+
+
+def main() -> int:
+    prog, argv = sys.argv[1], sys.argv[2:]
+    log = os.environ.get("FAKE_LOG")
+    if log:
+        with open(log, "a") as fh:
+            fh.write(json.dumps({"prog": prog, "argv": argv, "cwd": os.getcwd()}) + "\n")
+    if prog == "python":
+        return int(os.environ.get("FAKE_SYNC_EXIT", "0"))
+
+    fail = os.environ.get("FAKE_FAIL")
+    if fail and fail in " ".join(argv):
+        sys.stderr.write(f"ERROR: (gcloud) PERMISSION_DENIED: fake failure of {fail!r}\n")
+        return 1
+
+    state_path = Path(os.environ["FAKE_STATE"])
+    state = load_state(state_path) or empty_state()
+    _, flags = parse(argv)
+    project = flags.get("project") or flags.get("project_id") or "unset-project"
+    fake = Fake(state, project)
+    try:
+        out = fake.bq(argv) if prog == "bq" else fake.gcloud(argv)
+    except Fail as exc:
+        sys.stderr.write(f"{exc}\n")
+        return exc.code
+    state_path.write_text(json.dumps(state, indent=1, sort_keys=True))
+    sys.stdout.write(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
