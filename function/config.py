@@ -71,15 +71,15 @@ class Settings:
     def validate(self) -> None:
         if not self.project:
             raise ConfigError("GOOGLE_CLOUD_PROJECT (or GCP_PROJECT) is not set: name the project")
-        if not PROJECT_ID.match(self.project):
+        if not PROJECT_ID.fullmatch(self.project):
             raise ConfigError(f"GOOGLE_CLOUD_PROJECT={self.project!r} is not a valid project id")
         for var, name in (
             ("BOOTSTRAP_DATASET", self.dataset),
             ("BOOTSTRAP_BACKUP_DATASET", self.backups),
         ):
-            if not DATASET_NAME.match(name):
+            if not DATASET_NAME.fullmatch(name):
                 raise ConfigError(f"{var}={name!r}: use 1-1024 letters, digits or underscores")
-        if not TOPIC_NAME.match(self.completion_topic):
+        if not TOPIC_NAME.fullmatch(self.completion_topic):
             raise ConfigError(f"COMPLETION_TOPIC={self.completion_topic!r} is not a valid topic name")
         if not self.location.strip():
             raise ConfigError("BOOTSTRAP_LOCATION is empty: name a BigQuery location such as US or EU")

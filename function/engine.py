@@ -171,9 +171,7 @@ class _Run:
         declared = self.engine.declared.dataset(settings.dataset, settings.location)
         actual, obj = self.bq.get_dataset()
         recreate = self.request.force_recreate_dataset and DATASET_STEP not in self.progress.done
-        plan = plan_dataset(declared, actual, recreate=recreate)
-        if plan.action is Action.UPDATE and not self.dataset_updates:
-            plan = DatasetPlan(plan.dataset, Action.UNCHANGED)
+        plan = self._plan_dataset(declared, actual, recreate=recreate)
         result = EnsureResult(
             settings.dataset,
             PAST_TENSE[plan.action],
@@ -185,22 +183,36 @@ class _Run:
             result.dataset_error = "; ".join(plan.blocked)
         if plan.action in (Action.CREATE, Action.RECREATE):
             self.fresh = True
-        if not self.request.dry_run:
+        if not self.request.dry_run and not self._apply_dataset(plan, declared, obj):
+            # Another run created it first: compare with what it made, and read the tables.
+            self.fresh = False
+            actual, obj = self.bq.get_dataset()
+            plan = self._plan_dataset(declared, actual, recreate=False)
+            result.dataset_action, result.dataset_changes = PAST_TENSE[plan.action], plan.changes
             self._apply_dataset(plan, declared, obj)
         return result
 
-    def _apply_dataset(self, plan: DatasetPlan, declared: DatasetSpec, obj: bigquery.Dataset | None) -> None:
+    def _plan_dataset(
+        self, declared: DatasetSpec, actual: DatasetSpec | None, *, recreate: bool
+    ) -> DatasetPlan:
+        plan = plan_dataset(declared, actual, recreate=recreate)
+        if plan.action is Action.UPDATE and not self.dataset_updates:
+            return DatasetPlan(plan.dataset, Action.UNCHANGED)
+        return plan
+
+    def _apply_dataset(self, plan: DatasetPlan, declared: DatasetSpec, obj: bigquery.Dataset | None) -> bool:
+        """Apply the dataset's plan; False when its create lost a race (409)."""
         if plan.action is Action.RECREATE:
             for item in self.bq.call("list_tables", self.bq.dataset_ref):
                 self._backup(self.bq.call("get_table", item.reference))
             self.bq.delete_dataset()
             self.bq.create_dataset(declared)
             self.progress.record(DATASET_STEP)
-        elif plan.action is Action.CREATE and not self.bq.create_dataset(declared):
-            # Another run created it first: its tables may exist too, so read them.
-            self.fresh = False
+        elif plan.action is Action.CREATE:
+            return self.bq.create_dataset(declared)
         elif plan.action is Action.UPDATE:
             self.bq.patch_dataset(obj, plan.patch)
+        return True
 
     def table(self, name: str) -> TableResult:
         spec = self.engine.declared.tables[name]

@@ -136,17 +136,24 @@ def _upload(event: Any, bucket: Any, name: Any, generation: Any) -> Upload:
         problems.append("no bucket")
     if not isinstance(name, str) or not name or len(name.encode()) > MAX_OBJECT_NAME:
         problems.append("no valid object name")
-    try:
-        gen = int(generation)
-        if gen <= 0:
-            raise ValueError
-    except (TypeError, ValueError):
+    gen = _generation(generation)
+    if gen is None:
         problems.append(f"generation {generation!r} is not a positive integer")
         gen = 0
     if problems:
         raise EventError(f"the upload event is malformed: {', '.join(problems)}", trigger, trigger.id)
     trigger = replace(trigger, object={"bucket": bucket, "name": name, "generation": str(gen)})
     return Upload(trigger, bucket, name, gen)
+
+
+def _generation(value: Any) -> int | None:
+    """An object generation: a positive integer, or its decimal digits as a string (as both
+    event kinds carry it). Not a boolean, a float, or what int() also reads ("1_0", " 5")."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    if type(value) is int and value > 0:
+        return value
+    return None
 
 
 def _decode(data: Any, trigger: Trigger) -> bytes:
@@ -171,10 +178,10 @@ def _request_id_of(raw: bytes) -> str | None:
     caller waiting for that id."""
     try:
         doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
     rid = doc.get("request_id") if isinstance(doc, dict) else None
-    return rid if isinstance(rid, str) and REQUEST_ID.match(rid) else None
+    return rid if isinstance(rid, str) and REQUEST_ID.fullmatch(rid) else None
 
 
 def _get(event: Any, name: str) -> Any:

@@ -16,7 +16,7 @@ from typing import Any
 
 from . import completion, logs, runner
 from .config import ConfigError, Settings
-from .engine import EnsureResult, authorize
+from .engine import EnsureResult, authorize, select_tables
 from .errors import PermanentError, TransientError
 from .events import Bootstrap, EventError, Ignored, Trigger, Upload, parse_event
 from .ledger import Claim
@@ -108,7 +108,7 @@ def _handle_upload(work: Upload, settings: Settings, clock: float) -> None:
     if work.bucket != bucket or "/" in name or not (name == MANIFEST_NAME or table is not None):
         logs.info(f"upload ignored: not a schema file under {settings.schema_source}", **where)
         return
-    if table is not None and not TABLE_NAME.match(table):
+    if table is not None and not TABLE_NAME.fullmatch(table):
         table = None  # validation below reports the bad file name
     request = BootstrapRequest(request_id=work.request_id, tables=(table,) if table else None)
     outcome = Outcome(settings, work.trigger, work.request_id)
@@ -135,7 +135,9 @@ def _run(outcome: Outcome, request: BootstrapRequest, declared: Any, *, dataset_
         state = declared()
         outcome.schema_digest = state.digest
         if request.destructive and not request.dry_run:
-            authorize(request, settings)  # a refused request claims nothing
+            # A refused request, or one naming a table that is not declared, claims nothing.
+            select_tables(state, request.tables)
+            authorize(request, settings)
             outcome.claim = runner.ledger(settings).claim_when_free(request.request_id)
             if outcome.claim.recorded is not None:
                 return  # already done: _finish answers with the recorded result
@@ -144,12 +146,14 @@ def _run(outcome: Outcome, request: BootstrapRequest, declared: Any, *, dataset_
         )
     except PermanentError as exc:
         outcome.error = str(exc)
-    except TransientError as exc:
+    except Exception as exc:
+        # Transient (past the retries) or unforeseen: raise, so the event is delivered again.
         if outcome.claim is not None:
             with contextlib.suppress(Exception):  # best effort: the lease expires anyway
                 outcome.claim.release()
+        kind = "transient failure" if isinstance(exc, TransientError) else f"failure ({type(exc).__name__})"
         logs.warning(
-            f"transient failure, raising so the event is delivered again: {exc}",
+            f"{kind}, raising so the event is delivered again: {exc}",
             request_id=outcome.request_id,
             trigger=outcome.trigger.to_json(),
         )

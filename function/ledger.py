@@ -114,28 +114,37 @@ class Ledger:
 
     def write(self, claim: Claim, entry: dict[str, Any]) -> None:
         blob = self._blob(claim.request_id)
-        try:
-            blob.upload_from_string(
-                json.dumps(entry),
-                content_type="application/json",
-                if_generation_match=claim.generation,
-                retry=self.retry,
-                timeout=REQUEST_TIMEOUT,
-            )
-        except gexc.PreconditionFailed:
-            raise InProgress(f"lost the ledger entry of {claim.request_id} to another delivery") from None
+        if not self._upload(blob, json.dumps(entry), if_generation_match=claim.generation):
+            raise InProgress(f"lost the ledger entry of {claim.request_id} to another delivery")
         claim.generation = blob.generation
 
     def _write_claim(self, request_id: str, blob: storage.Blob, entry: dict[str, Any], **match: int) -> Claim:
         entry = {**entry, "owner": self.owner, "lease_until": (_now() + LEASE).isoformat()}
-        blob.upload_from_string(
-            json.dumps(entry),
-            content_type="application/json",
-            retry=self.retry,
-            timeout=REQUEST_TIMEOUT,
-            **match,
-        )
+        if not self._upload(blob, json.dumps(entry), **match):
+            raise gexc.PreconditionFailed(f"the ledger entry of {request_id} changed meanwhile")
         return Claim(self, request_id, blob.generation, entry, done=frozenset(entry.get("recreated", [])))
+
+    def _upload(self, blob: storage.Blob, payload: str, **match: int) -> bool:
+        """A conditional write; False when another writer's write came first (412). When the
+        answer to an attempt that Cloud Storage applied is lost, the client's retry is answered
+        412 too: that write is still ours if the live entry is byte for byte what we wrote (it
+        names this ledger's owner and lease)."""
+        try:
+            blob.upload_from_string(
+                payload, content_type="application/json", retry=self.retry, timeout=REQUEST_TIMEOUT, **match
+            )
+        except gexc.PreconditionFailed:
+            return self._holds(blob, payload)
+        return True
+
+    def _holds(self, blob: storage.Blob, payload: str) -> bool:
+        """Is `payload` the live content of `blob` (whose generation this then loads)?"""
+        try:
+            blob.reload(retry=self.retry, timeout=REQUEST_TIMEOUT)
+            live = blob.download_as_bytes(if_generation_match=blob.generation, retry=self.retry)
+        except (gexc.NotFound, gexc.PreconditionFailed):
+            return False
+        return live == payload.encode()
 
     def _blob(self, request_id: str) -> storage.Blob:
         # Hashed: a request id is free text, an object name should not be.

@@ -52,6 +52,8 @@ def parse_request(data: bytes, default_id: str) -> BootstrapRequest:
         doc = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RequestError(f"the message data is not JSON ({exc}); send a JSON object such as {{}}") from None
+    except RecursionError:  # 64 KiB of "[" nests deeper than the parser recurses
+        raise RequestError("the message data is not JSON this function reads (nested too deeply)") from None
     if not isinstance(doc, dict):
         raise RequestError(f"the message data must be a JSON object, not a JSON {json_kind(doc)}")
     return request_from_fields(doc, default_id)
@@ -69,13 +71,13 @@ def request_from_fields(doc: dict[str, Any], default_id: str) -> BootstrapReques
         ):
             errors.append(f"{name} must be a {_type_words(kind)}, not {json.dumps(value)[:60]}")
     request_id = doc.get("request_id")
-    if isinstance(request_id, str) and not REQUEST_ID.match(request_id):
+    if isinstance(request_id, str) and not REQUEST_ID.fullmatch(request_id):
         errors.append("request_id must be 1-256 characters: letters, digits and ._:/#@+=-")
     tables = doc.get("tables")
     if isinstance(tables, list):
         if not tables:
             errors.append("tables is empty; omit it to ensure every table, or name at least one")
-        bad = [t for t in tables if not isinstance(t, str) or not TABLE_NAME.match(t)]
+        bad = [t for t in tables if not isinstance(t, str) or not TABLE_NAME.fullmatch(t)]
         if bad:
             errors.append(f"tables holds invalid table names: {json.dumps(bad)[:200]}")
         elif len(set(tables)) != len(tables):

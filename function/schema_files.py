@@ -31,6 +31,8 @@ from .request import json_kind
 MANIFEST_NAME = "bootstrap.yaml"
 MAX_NESTING = 15  # BigQuery's limit on nested RECORD levels
 MAX_CLUSTERING = 4
+MAX_COLUMN_DESCRIPTION = 1024  # BigQuery's limits, in characters
+MAX_DESCRIPTION = 16384  # of a table's or dataset's description
 RANGE_ELEMENTS = {"DATE", "DATETIME", "TIMESTAMP"}
 TABLE_NAME = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
 COLUMN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,299}$")
@@ -119,7 +121,7 @@ def load_declared_state(files: Mapping[str, bytes], *, complete: bool = True) ->
         if not name.endswith(".json"):
             continue
         table = name[: -len(".json")]
-        if not TABLE_NAME.match(table):
+        if not TABLE_NAME.fullmatch(table):
             errors.append(
                 SchemaError(
                     name,
@@ -249,7 +251,7 @@ def _parse_field(
     if not isinstance(name, str) or not name:
         bad('needs a "name" (a non-empty string)')
         name = ""
-    elif not COLUMN_NAME.match(name):
+    elif not COLUMN_NAME.fullmatch(name):
         bad(
             "invalid column name: use letters, digits and underscores, start with a letter "
             "or underscore, at most 300 characters"
@@ -271,6 +273,10 @@ def _parse_field(
     description = item.get("description")
     if description is not None and not isinstance(description, str):
         bad('"description" must be a string')
+    elif description is not None and len(description) > MAX_COLUMN_DESCRIPTION:
+        bad(
+            f'"description" is longer than BigQuery\'s {MAX_COLUMN_DESCRIPTION} characters for a column; shorten it'
+        )
     sub_items = item.get("fields")
     fields: tuple[Column, ...] = ()
     if type_ == "RECORD":
@@ -324,6 +330,13 @@ def _parse_manifest(data: bytes | None, errors: list[SchemaError]) -> dict[str, 
         tables = {}
     for table, entry in tables.items():
         path = f"tables.{table}"
+        if not isinstance(table, str) or not TABLE_NAME.fullmatch(table):
+            errors.append(
+                SchemaError(
+                    MANIFEST_NAME, path, "is not a table name: use 1-1024 letters, digits or underscores"
+                )
+            )
+            continue
         if entry is not None and not isinstance(entry, dict):
             errors.append(SchemaError(MANIFEST_NAME, path, "must be a mapping of table settings"))
             continue
@@ -352,6 +365,10 @@ def _unknown_keys(doc: dict[str, Any], allowed: set[str], path: str, errors: lis
 def _check_description(value: Any, path: str, errors: list[SchemaError]) -> None:
     if value is not None and not isinstance(value, str):
         errors.append(SchemaError(MANIFEST_NAME, path, "must be a string"))
+    elif value is not None and len(value) > MAX_DESCRIPTION:
+        errors.append(
+            SchemaError(MANIFEST_NAME, path, f"is longer than BigQuery's {MAX_DESCRIPTION} characters")
+        )
 
 
 def _check_labels(labels: Any, path: str, errors: list[SchemaError]) -> None:
@@ -363,7 +380,7 @@ def _check_labels(labels: Any, path: str, errors: list[SchemaError]) -> None:
     if len(labels) > 64:
         errors.append(SchemaError(MANIFEST_NAME, path, "BigQuery allows at most 64 labels"))
     for key, value in labels.items():
-        if not isinstance(key, str) or not LABEL_KEY.match(key):
+        if not isinstance(key, str) or not LABEL_KEY.fullmatch(key):
             errors.append(
                 SchemaError(
                     MANIFEST_NAME,
@@ -371,7 +388,7 @@ def _check_labels(labels: Any, path: str, errors: list[SchemaError]) -> None:
                     "invalid label key: 1-63 lowercase letters, digits, _ or -, starting with a letter",
                 )
             )
-        if not isinstance(value, str) or not LABEL_VALUE.match(value):
+        if not isinstance(value, str) or not LABEL_VALUE.fullmatch(value):
             errors.append(
                 SchemaError(
                     MANIFEST_NAME,

@@ -9,13 +9,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from google.api_core import exceptions as gexc
+from google.api_core.retry import Retry
 from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 
-from .errors import PermanentError
+from .errors import PermanentError, TransientError
 from .schema_files import is_schema_file
 
 REQUEST_TIMEOUT = 30.0
+SNAPSHOT_ATTEMPTS = 5  # listings of a prefix that keeps changing while it is read
 
 
 class Superseded(Exception):
@@ -44,26 +46,42 @@ def read_prefix(
 ) -> dict[str, bytes]:
     """The schema files directly under `prefix`, each read at the generation the listing saw
     (so a file replaced meanwhile is not mixed in). `pinned` (name, generation) is the upload
-    being handled: if that generation is no longer live, raise `Superseded`."""
+    being handled: if that generation is no longer live, raise `Superseded`. A file replaced or
+    deleted between the listing and its read (412, 404) is another writer's change, not a broken
+    source: the prefix is listed and read again."""
     retry = DEFAULT_RETRY.with_timeout(deadline)
-    try:
-        blobs = {
-            b.name[len(prefix) :]: b
-            for b in client.list_blobs(
-                bucket, prefix=prefix, delimiter="/", retry=retry, timeout=REQUEST_TIMEOUT
-            )
-        }
+    for _ in range(SNAPSHOT_ATTEMPTS):
+        blobs = _list(client, bucket, prefix, retry)
         if pinned is not None:
             live = blobs.get(pinned[0])
             if live is None or live.generation != pinned[1]:
                 now = "deleted" if live is None else f"generation {live.generation}"
                 raise Superseded(f"{prefix}{pinned[0]}#{pinned[1]} is no longer live (now {now})")
+        try:
+            return {
+                name: blob.download_as_bytes(
+                    if_generation_match=blob.generation, retry=retry, timeout=REQUEST_TIMEOUT
+                )
+                for name, blob in sorted(blobs.items())
+                if is_schema_file(name)
+            }
+        except (gexc.NotFound, gexc.PreconditionFailed):
+            continue  # changed after the listing: take a new snapshot
+        except gexc.Forbidden as exc:
+            raise PermanentError(f"cannot read the schemas in gs://{bucket}/{prefix}: {exc.message}") from exc
+    raise TransientError(
+        f"the schemas in gs://{bucket}/{prefix} kept changing while being read ({SNAPSHOT_ATTEMPTS} "
+        "attempts); the event will be delivered again"
+    )
+
+
+def _list(client: storage.Client, bucket: str, prefix: str, retry: Retry) -> dict[str, storage.Blob]:
+    try:
         return {
-            name: blob.download_as_bytes(
-                if_generation_match=blob.generation, retry=retry, timeout=REQUEST_TIMEOUT
+            b.name[len(prefix) :]: b
+            for b in client.list_blobs(
+                bucket, prefix=prefix, delimiter="/", retry=retry, timeout=REQUEST_TIMEOUT
             )
-            for name, blob in sorted(blobs.items())
-            if is_schema_file(name)
         }
     except (gexc.NotFound, gexc.Forbidden) as exc:
         raise PermanentError(f"cannot read the schemas in gs://{bucket}/{prefix}: {exc.message}") from exc

@@ -4,10 +4,12 @@ over HTTP to functions-framework, and collect completion events from the complet
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import requests
@@ -16,6 +18,7 @@ from google.api_core import exceptions as gexc
 
 from deploy.local.stack import Stack
 from function.completion import parse_message
+from tests.support.proxy import Proxy
 
 
 def publish(stack: Stack, data: bytes | dict[str, Any], topic: str | None = None, **attributes: str) -> str:
@@ -110,3 +113,120 @@ def log_lines(stack: Stack, piece: str = "function") -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 continue
     return lines
+
+
+# --- more drivers: raw CloudEvents, buckets, proxies around the function ---------------------
+
+PUBSUB_PUBLISHED = "google.cloud.pubsub.topic.v1.messagePublished"
+STORAGE_FINALIZED = "google.cloud.storage.object.v1.finalized"
+EMULATOR_VARIABLES = {"bigquery": "BIGQUERY_EMULATOR_HOST", "storage": "STORAGE_EMULATOR_HOST"}
+
+
+def post_event(
+    stack: Stack,
+    event_type: str,
+    data: Any,
+    *,
+    event_id: str,
+    source: str = "//test/bad-input",
+    mode: str = "binary",
+    headers: dict[str, str] | None = None,
+) -> requests.Response:
+    """POST a CloudEvent to the function, in binary (ce-* headers, `data` the body: bytes as
+    they are, anything else as JSON) or structured content mode (application/cloudevents+json)."""
+    attributes = {"id": event_id, "source": source, "type": event_type, "specversion": "1.0"}
+    if mode == "structured":
+        body = json.dumps({**attributes, "datacontenttype": "application/json", "data": data}).encode()
+        all_headers = {"content-type": "application/cloudevents+json", **(headers or {})}
+    else:
+        body = data if isinstance(data, bytes) else json.dumps(data).encode()
+        all_headers = {f"ce-{k}": v for k, v in attributes.items()}
+        all_headers = {**all_headers, "content-type": "application/json", **(headers or {})}
+    return requests.post(stack.env["FUNCTION_URL"], data=body, headers=all_headers, timeout=120)
+
+
+def push_body(stack: Stack, body: dict[str, Any], topic: str | None = None) -> requests.Response:
+    """POST any Pub/Sub push body (well-formed or not) to the function, for `topic`."""
+    project = stack.config.project
+    url = f"{stack.env['FUNCTION_URL']}projects/{project}/topics/{topic or stack.config.requests_topic}"
+    return requests.post(url, json=body, timeout=120)
+
+
+def bucket_snapshot(stack: Stack, buckets: tuple[str, ...] | None = None) -> dict[str, int]:
+    """Every object of the schema and state buckets with its generation: "bucket/name" -> gen."""
+    client = stack.storage_client()
+    names = buckets or (stack.config.schema_bucket, stack.config.state_bucket)
+    return {f"{b.bucket.name}/{b.name}": b.generation for name in names for b in client.list_blobs(name)}
+
+
+def count_rows(stack: Stack, table: str, dataset: str = "tenants") -> int:
+    """Rows of a table, by query (list_rows fails on bqemulator after a schema patch)."""
+    query = f"SELECT COUNT(*) AS n FROM `{stack.config.project}.{dataset}.{table}`"
+    return next(iter(stack.bigquery_client().query(query).result()))["n"]
+
+
+def wait_for(check: Any, timeout: float = 60.0, what: str = "the condition", interval: float = 0.1) -> Any:
+    """Poll `check()` until it returns something truthy (returned), for at most `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout:g} s")
+        time.sleep(interval)
+
+
+def wait_for_log(stack: Stack, match: Any, timeout: float = 60.0) -> dict[str, Any]:
+    """The first structured log line of the function for which `match(line)` is true."""
+
+    def find() -> dict[str, Any] | None:
+        return next((line for line in log_lines(stack) if match(line)), None)
+
+    return wait_for(find, timeout, "a matching log line")
+
+
+@contextlib.contextmanager
+def function_behind_proxies(stack: Stack, *emulators: str, **options: Any) -> Iterator[dict[str, Proxy]]:
+    """A `Proxy` in front of each named emulator ("bigquery", "storage"), and the function
+    restarted to talk to them through the proxies (the test's own clients still go straight to
+    the emulators). The storage proxy rewrites fake-gcs-server's mediaLinks, so downloads also
+    pass through it. Left pointed at the proxies afterwards: one stack per module."""
+    with contextlib.ExitStack() as exits:
+        proxies = {}
+        for name in emulators:
+            variable = EMULATOR_VARIABLES[name]
+            proxy = Proxy(stack.env[variable], rewrite_urls=name == "storage", **options)
+            proxies[name] = exits.enter_context(proxy)
+            stack.config.function_env[variable] = proxy.url
+        stack.restart("function")
+        yield proxies
+
+
+@contextlib.contextmanager
+def pushes_through_proxy(stack: Stack) -> Iterator[Proxy]:
+    """Every push subscription of the stack re-pointed at a proxy in front of the function: its
+    records are the HTTP answers to every Pub/Sub delivery (path /projects/P/topics/TOPIC), the
+    statuses functions-framework does not log."""
+    from google.cloud import pubsub_v1
+
+    project = stack.config.project
+    with Proxy(stack.env["FUNCTION_URL"].rstrip("/")) as proxy:
+        subscriber = stack.subscriber()
+        try:
+            for topic in (stack.config.requests_topic, stack.config.notification_topic):
+                endpoint = f"{proxy.url}/projects/{project}/topics/{topic}"
+                subscriber.modify_push_config(
+                    request={
+                        "subscription": subscriber.subscription_path(project, f"{topic}-push"),
+                        "push_config": pubsub_v1.types.PushConfig(push_endpoint=endpoint),
+                    }
+                )
+        finally:
+            subscriber.close()
+        yield proxy
+
+
+def answers(proxy: Proxy, topic: str | None = None) -> list[int | None]:
+    """The statuses a push proxy answered, optionally only those for `topic`."""
+    return [r.status for r in proxy.requests() if topic is None or r.path.endswith(f"/topics/{topic}")]

@@ -213,6 +213,7 @@ class Proxy:
         latency: float = 0.0,
         rate_limits: Sequence[RateLimit] = (),
         faults: FaultPlan | None = None,
+        rewrite_urls: bool = False,
         host: str = "127.0.0.1",
         port: int = 0,
         clock: Callable[[], float] = time.monotonic,
@@ -227,6 +228,9 @@ class Proxy:
         self._upstream_netloc = parts.netloc
         self.latency = latency
         self.rate_limits = tuple(rate_limits)
+        # Also rewrite the upstream's own URL in JSON answers (fake-gcs-server's mediaLink and
+        # selfLink name it), so that clients following them stay on the proxy.
+        self.rewrite_urls = rewrite_urls
         self._clock = clock
         self._sleep = sleep
         self._host = host
@@ -561,6 +565,8 @@ class _Handler(BaseHTTPRequestHandler):
         # Host names the upstream; framing is ours (the body is buffered); Expect was
         # already answered by the handler.
         skip = hop | {"host", "content-length", "expect"}
+        if proxy.rewrite_urls:
+            skip |= {"accept-encoding"}  # a compressed answer could not be rewritten
         headers = [(k, v) for k, v in self.headers.items() if k.lower() not in skip]
         headers.append(("Host", proxy._upstream_netloc))
         if has_body:
@@ -631,6 +637,9 @@ class _Handler(BaseHTTPRequestHandler):
         no_body = method == "HEAD" or status in NO_BODY_STATUSES or 100 <= status < 200
         known_length = response.length is not None and not response.chunked
         hop = HOP_BY_HOP | _connection_tokens(response.headers.get_all("Connection") or [])
+        if proxy.rewrite_urls and not no_body and "json" in (response.getheader("Content-Type") or ""):
+            self._relay_rewritten(method, path, response, hop)
+            return
         proxy._record(method, path, status)
 
         self.send_response_only(status, response.reason)
@@ -657,6 +666,21 @@ class _Handler(BaseHTTPRequestHandler):
         response.read()  # read1 never marks a Content-Length body done; read() does
         if chunked:
             self.wfile.write(b"0\r\n\r\n")
+
+    def _relay_rewritten(
+        self, method: str, path: str, response: http.client.HTTPResponse, hop: set[str]
+    ) -> None:
+        """A JSON answer with the upstream's URL replaced by the proxy's (buffered)."""
+        proxy = self.server.proxy
+        body = response.read().replace(proxy.upstream.encode(), proxy.url.encode())
+        proxy._record(method, path, response.status)
+        self.send_response_only(response.status, response.reason)
+        for name, value in response.getheaders():
+            if name.lower() not in hop and name.lower() != "content-length":
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def _release(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse) -> None:
         if response.will_close or not response.isclosed():

@@ -1,0 +1,74 @@
+"""Does BigQuery hold the declared state? An independent check for end-to-end tests.
+
+Compares what a test client reads straight from the emulator with the schema files and the
+manifest, after normalising what BigQuery itself normalises (legacy type names, default modes,
+empty descriptions), and returns the differences as readable lines (empty: all matches).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from google.api_core import exceptions as gexc
+from google.cloud import bigquery
+
+from function.model import canonical_type
+
+
+def folder_files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.suffix in (".json", ".yaml")}
+
+
+def columns(fields: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """(name, type, mode, description, sub-columns) for each field of a JSON schema."""
+    return [
+        (
+            f["name"],
+            canonical_type(f.get("type", "STRING")) or f.get("type"),
+            (f.get("mode") or "NULLABLE").upper(),
+            f.get("description") or "",
+            tuple(columns(f.get("fields") or [])),
+        )
+        for f in fields
+    ]
+
+
+def differences(client: bigquery.Client, dataset: str, files: Mapping[str, bytes]) -> list[str]:
+    """Every way BigQuery's `dataset` differs from the declared files (`name` -> bytes)."""
+    manifest = yaml.safe_load(files.get("bootstrap.yaml") or b"") or {}
+    entries = manifest.get("tables") or {}
+    out: list[str] = []
+    ds = client.get_dataset(dataset)
+    declared_ds = manifest.get("dataset") or {}
+    if (ds.description or "") != (declared_ds.get("description") or ""):
+        out.append(f"dataset description {ds.description!r}")
+    if (ds.labels or {}) != (declared_ds.get("labels") or {}):
+        out.append(f"dataset labels {ds.labels}")
+    for name, data in sorted(files.items()):
+        if not name.endswith(".json"):
+            continue
+        table_id = name.removesuffix(".json")
+        try:
+            table = client.get_table(f"{dataset}.{table_id}")
+        except gexc.NotFound:
+            out.append(f"{table_id}: missing")
+            continue
+        actual = columns(table.to_api_repr().get("schema", {}).get("fields", []))
+        if actual != columns(json.loads(data)):
+            out.append(f"{table_id}: columns {actual}")
+        entry = entries.get(table_id) or {}
+        if (table.description or "") != (entry.get("description") or ""):
+            out.append(f"{table_id}: description {table.description!r}")
+        if (table.labels or {}) != (entry.get("labels") or {}):
+            out.append(f"{table_id}: labels {table.labels}")
+        partitioning = entry.get("time_partitioning")
+        field = table.time_partitioning.field if table.time_partitioning else None
+        if field != (partitioning or {}).get("field"):
+            out.append(f"{table_id}: partitioned on {field!r}")
+        if list(table.clustering_fields or []) != list(entry.get("clustering") or []):
+            out.append(f"{table_id}: clustered on {table.clustering_fields}")
+    return out
