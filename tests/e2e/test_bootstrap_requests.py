@@ -4,17 +4,14 @@ function -> bqemulator, and the completion event back on the completion topic.""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 import requests
 
 from deploy.local.stack import Stack, StackConfig
-from tests.conftest import REPO, SCHEMAS
-from tests.support.e2e import Inbox, bigquery_snapshot, log_lines, publish, push
+from tests.conftest import SCHEMAS
+from tests.support.e2e import Inbox, bigquery_snapshot, log_lines, publish, push, run_cli
 
 pytestmark = pytest.mark.emulators
 
@@ -36,18 +33,6 @@ def inbox(stack: Stack) -> Inbox:
     return Inbox(stack)
 
 
-def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **stack.env}
-    return subprocess.run(
-        [sys.executable, "-m", "function", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-
-
 def test_dry_run_then_bootstrap_then_nothing_to_do(stack, inbox):
     publish(stack, {"request_id": "plan-1", "dry_run": True})
     planned = inbox.wait("plan-1")
@@ -56,7 +41,7 @@ def test_dry_run_then_bootstrap_then_nothing_to_do(stack, inbox):
     assert {t["table"]: t["action"] for t in planned.data["tables"]} == dict.fromkeys(TABLES, "created")
     assert bigquery_snapshot(stack) == {}  # a plan creates nothing
 
-    first = cli(stack, "publish", "--request-id", "boot-1", "--wait", "--timeout", "120")
+    first = run_cli(stack, "publish", "--request-id", "boot-1", "--wait", "--timeout", "120")
     assert first.returncode == 0, first.stderr
     assert "com.convergence.bootstrap.v1.completed" in first.stdout
     assert first.stdout.count(" created") >= len(TABLES)
@@ -75,7 +60,7 @@ def test_dry_run_then_bootstrap_then_nothing_to_do(stack, inbox):
     client = stack.bigquery_client()
     assert sorted(t.table_id for t in client.list_tables("tenants")) == TABLES
 
-    second = cli(stack, "publish", "--request-id", "boot-2", "--wait", "--timeout", "120")
+    second = run_cli(stack, "publish", "--request-id", "boot-2", "--wait", "--timeout", "120")
     assert second.returncode == 0, second.stderr
     again = inbox.wait("boot-2").data
     assert (again["status"], again["dataset_action"]) == ("succeeded", "unchanged")

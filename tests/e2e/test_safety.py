@@ -5,9 +5,6 @@ events are not acted on."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,8 +14,8 @@ import pytest
 import requests
 
 from deploy.local.stack import Stack, StackConfig
-from tests.conftest import PROJECT, REPO, SCHEMAS
-from tests.support.e2e import Inbox, bigquery_snapshot, publish, push
+from tests.conftest import PROJECT, SCHEMAS
+from tests.support.e2e import Inbox, bigquery_snapshot, publish, push, run_cli
 from tests.support.rows import required_row
 
 pytestmark = pytest.mark.emulators
@@ -72,18 +69,6 @@ def forced(request_id: str) -> bytes:
         "confirm": "tenants",
     }
     return json.dumps(message).encode()
-
-
-def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **stack.env}
-    return subprocess.run(
-        [sys.executable, "-m", "function", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_a_forced_request_delivered_five_times_recreates_once(stack, inbox):
@@ -144,22 +129,22 @@ def test_backups_are_listed_and_restored_without_overwriting_rows(stack, inbox):
     name = backup["backup"].split(".")[-1]
     insert(stack, 40, 1)
 
-    listed = cli(stack, "backups")
+    listed = run_cli(stack, "backups")
     assert listed.returncode == 0, listed.stderr
     assert name in listed.stdout and f"of tenants.{TABLE}, 2 rows" in listed.stdout
 
-    refused = cli(stack, "restore", name)
+    refused = run_cli(stack, "restore", name)
     assert refused.returncode == 1
     assert "holds 1 rows" in refused.stderr
     assert rows(stack) == ["tenant-40"]
 
-    elsewhere = cli(stack, "restore", name, "--to", "profiles_restored")
+    elsewhere = run_cli(stack, "restore", name, "--to", "profiles_restored")
     assert elsewhere.returncode == 0, elsewhere.stderr
     assert rows(stack, "profiles_restored") == ["tenant-30", "tenant-31"]
 
-    unconfirmed = cli(stack, "restore", name, "--force")
+    unconfirmed = run_cli(stack, "restore", name, "--force")
     assert unconfirmed.returncode == 1 and "--confirm tenants" in unconfirmed.stderr
-    forced_restore = cli(stack, "restore", name, "--force", "--confirm", "tenants")
+    forced_restore = run_cli(stack, "restore", name, "--force", "--confirm", "tenants")
     assert forced_restore.returncode == 0, forced_restore.stderr
     assert rows(stack) == ["tenant-30", "tenant-31"]
 

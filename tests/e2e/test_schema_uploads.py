@@ -5,9 +5,6 @@ Eventarc form (`google.cloud.storage.object.v1.finalized`) posted straight to th
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,8 +17,8 @@ from google.cloud import storage
 
 from deploy.local.stack import Stack, StackConfig
 from function.sync import sync_folder
-from tests.conftest import PROJECT, REPO, SCHEMAS
-from tests.support.e2e import Inbox, bigquery_snapshot, log_lines
+from tests.conftest import PROJECT, SCHEMAS
+from tests.support.e2e import Inbox, bigquery_snapshot, log_lines, run_cli
 from tests.support.rows import required_row
 
 pytestmark = pytest.mark.emulators
@@ -267,14 +264,7 @@ def test_upload_command_validates_against_the_buckets_other_files(stack, gcs, se
     bad.write_text(json.dumps([c for c in schema("tenant_usage_quotas") if c["name"] != "usage_date"]))
     before = gcs.bucket(BUCKET).get_blob(PREFIX + "tenant_usage_quotas.json").generation
 
-    result = subprocess.run(
-        [sys.executable, "-m", "function", "upload", str(bad)],
-        cwd=REPO,
-        env={**os.environ, **stack.env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_cli(stack, "upload", str(bad))
 
     assert result.returncode == 1
     assert "'usage_date' is not a top-level column" in result.stderr  # the manifest partitions on it

@@ -6,6 +6,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -18,6 +21,7 @@ from google.api_core import exceptions as gexc
 
 from deploy.local.stack import Stack
 from function.completion import parse_message
+from tests.conftest import REPO
 from tests.support.proxy import Proxy
 
 
@@ -230,3 +234,15 @@ def pushes_through_proxy(stack: Stack) -> Iterator[Proxy]:
 def answers(proxy: Proxy, topic: str | None = None) -> list[int | None]:
     """The statuses a push proxy answered, optionally only those for `topic`."""
     return [r.status for r in proxy.requests() if topic is None or r.path.endswith(f"/topics/{topic}")]
+
+
+def run_cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m function ARGS` as an operator runs it, pointed at the stack."""
+    return subprocess.run(
+        [sys.executable, "-m", "function", *args],
+        cwd=REPO,
+        env={**os.environ, **stack.env},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
