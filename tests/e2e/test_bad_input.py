@@ -40,7 +40,6 @@ from tests.support.e2e import (
     log_lines,
     post_event,
     push_body,
-    pushes_through_proxy,
     wait_for,
     wait_for_log,
 )
@@ -67,17 +66,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     )
     with Stack(config) as stack:
         yield stack
-
-
-@pytest.fixture(scope="module")
-def tap(stack: Stack) -> Iterator[Proxy]:
-    with pushes_through_proxy(stack) as proxy:
-        yield proxy
-
-
-@pytest.fixture(scope="module")
-def inbox(stack: Stack) -> Inbox:
-    return Inbox(stack)
 
 
 @dataclass

@@ -11,7 +11,7 @@ import requests
 
 from deploy.local.stack import Stack, StackConfig
 from tests.conftest import SCHEMAS
-from tests.support.e2e import Inbox, bigquery_snapshot, log_lines, publish, push, run_cli
+from tests.support.e2e import bigquery_snapshot, log_lines, publish, push, run_cli
 
 pytestmark = pytest.mark.emulators
 
@@ -26,11 +26,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     )
     with Stack(config) as stack:
         yield stack
-
-
-@pytest.fixture(scope="module")
-def inbox(stack: Stack) -> Inbox:
-    return Inbox(stack)
 
 
 def test_dry_run_then_bootstrap_then_nothing_to_do(stack, inbox):

@@ -24,13 +24,10 @@ from tests.conftest import SCHEMAS
 from tests.support.declared import differences
 from tests.support.e2e import (
     STORAGE_FINALIZED,
-    Inbox,
     answers,
-    function_behind_proxies,
     post_event,
     publish,
     push,
-    pushes_through_proxy,
     wait_for,
 )
 from tests.support.proxy import FaultPlan, Proxy
@@ -52,30 +49,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="module")
-def proxies(stack: Stack) -> Iterator[dict[str, Proxy]]:
-    with function_behind_proxies(stack, "bigquery", "storage") as proxies:
-        yield proxies
-
-
-@pytest.fixture(scope="module")
 def storage_proxy(proxies: dict[str, Proxy]) -> Proxy:
     return proxies["storage"]
-
-
-@pytest.fixture(scope="module")
-def tap(stack: Stack) -> Iterator[Proxy]:
-    with pushes_through_proxy(stack) as proxy:
-        yield proxy
-
-
-@pytest.fixture(scope="module")
-def inbox(stack: Stack) -> Inbox:
-    return Inbox(stack)
-
-
-@pytest.fixture(scope="module")
-def gcs(stack: Stack) -> storage.Client:
-    return stack.storage_client()
 
 
 @pytest.fixture(scope="module")

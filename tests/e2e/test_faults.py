@@ -21,16 +21,13 @@ from deploy.local.stack import Stack, StackConfig
 from tests.conftest import SCHEMAS
 from tests.support.declared import differences, folder_files
 from tests.support.e2e import (
-    Inbox,
     answers,
     count_rows,
-    function_behind_proxies,
     publish,
     push,
-    pushes_through_proxy,
     wait_for,
 )
-from tests.support.proxy import FAULT_KINDS, FaultPlan, Proxy
+from tests.support.proxy import FAULT_KINDS, FaultPlan
 from tests.support.rows import required_row
 
 pytestmark = pytest.mark.emulators
@@ -57,28 +54,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     )
     with Stack(config) as stack:
         yield stack
-
-
-@pytest.fixture(scope="module")
-def proxies(stack: Stack) -> Iterator[dict[str, Proxy]]:
-    with function_behind_proxies(stack, "bigquery", "storage") as proxies:
-        yield proxies
-
-
-@pytest.fixture(scope="module")
-def tap(stack: Stack) -> Iterator[Proxy]:
-    with pushes_through_proxy(stack) as proxy:
-        yield proxy
-
-
-@pytest.fixture(scope="module")
-def inbox(stack: Stack) -> Inbox:
-    return Inbox(stack)
-
-
-@pytest.fixture(scope="module")
-def gcs(stack: Stack) -> storage.Client:
-    return stack.storage_client()
 
 
 @pytest.fixture(scope="module")

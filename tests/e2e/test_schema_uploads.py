@@ -38,16 +38,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="module")
-def inbox(stack: Stack) -> Inbox:
-    return Inbox(stack)
-
-
-@pytest.fixture(scope="module")
-def gcs(stack: Stack) -> storage.Client:
-    return stack.storage_client()
-
-
-@pytest.fixture(scope="module")
 def seeded(stack: Stack, inbox: Inbox, gcs: storage.Client) -> None:
     """The bundled schemas synced to the bucket, as a deployment seeds it: one event per file."""
     uploaded = sync_folder(gcs, SCHEMAS, f"gs://{BUCKET}/{PREFIX}")
