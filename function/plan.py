@@ -222,7 +222,9 @@ def _diff_metadata(
             f"{prefix}label {key}: {_quote(old) if old is not None else '(unset)'} -> {_quote(value)}"
         )
     if labels:
-        patch["labels"] = labels
+        # The whole resulting map: right whether the API merges label maps (BigQuery) or
+        # replaces them (the emulator), and other tools' labels survive either way.
+        patch["labels"] = {**have, **labels}
 
 
 def _kind(column: Column) -> str:

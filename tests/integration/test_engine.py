@@ -320,3 +320,26 @@ def test_eight_concurrent_applies_all_succeed_and_converge(bigquery_proxy, datas
 def _all_rows(client: bigquery.Client, dataset: str, table: str) -> list[tuple[Any, ...]]:
     rows = client.query(f"SELECT * FROM `{PROJECT}.{dataset}.{table}` ORDER BY tenant_id").result()
     return [tuple(r.values()) for r in rows]
+
+
+def test_a_new_label_is_added_and_the_next_run_is_unchanged(bigquery_proxy, dataset_name, client):
+    settings = settings_for(bigquery_proxy, dataset_name)
+    files = bundled_files()
+    apply(settings, files)
+    table = "tenant_api_keys"  # labelled {domain: tenants, sensitivity: restricted}
+    manifest = files["bootstrap.yaml"].replace(
+        b"labels: {domain: tenants, sensitivity: restricted}",
+        b"labels: {domain: tenants, sensitivity: restricted, retention: long}",
+    )
+    changed = {**files, "bootstrap.yaml": manifest}
+
+    result = apply(settings, changed, tables=[table])
+
+    assert [(t.action, t.changes) for t in result.tables] == [
+        ("updated", ("label retention: (unset) -> 'long'",))
+    ]
+    labels = client.get_table(f"{dataset_name}.{table}").labels
+    assert labels == {"domain": "tenants", "sensitivity": "restricted", "retention": "long"}
+    bigquery_proxy.reset()
+    assert apply(settings, changed, tables=[table]).tables[0].action == "unchanged"
+    assert bigquery_proxy.writes() == []
