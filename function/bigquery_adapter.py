@@ -3,7 +3,10 @@
 Every call carries an explicit retry policy (transient errors and rate limits retried with
 exponential backoff, bounded by the configured deadline) and a per-request timeout, so a
 BigQuery that keeps failing surfaces as `TransientError` within the deadline instead of the
-client's default ten minutes.
+client's default ten minutes. Every HTTP request, retries included, first waits for a slot of
+the process's rate limiter (`ratelimit`), so the engine's threads stay under BigQuery's
+per-user request rates instead of collecting 403s; the retry policy stays as the safety net
+for the quota that other processes of the same user spend.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from google.cloud import bigquery
 from .config import Settings
 from .errors import TransientError
 from .model import Column, DatasetSpec, TableSpec, TimePartitioning, canonical_type, sorted_labels
+from .ratelimit import RateLimitedAdapter, RateLimiter, shared_limiter
 
 REQUEST_TIMEOUT = 30.0  # seconds for one HTTP request; the retry deadline bounds the total
 _TRANSIENT_TYPES = (
@@ -52,8 +56,12 @@ def make_retry(deadline: float) -> Retry:
     return Retry(predicate=is_transient, initial=0.25, maximum=8.0, multiplier=2.0, timeout=deadline)
 
 
-def make_client(settings: Settings) -> bigquery.Client:
-    """The official client; against the emulator it needs explicit anonymous credentials."""
+def make_client(
+    settings: Settings, limiter: RateLimiter | None = None, *, rate_limited: bool = True
+) -> bigquery.Client:
+    """The official client; against the emulator it needs explicit anonymous credentials.
+    Its requests wait for `limiter` (default: the process's shared one) unless `rate_limited`
+    is False (then only the retry policy deals with rate limits: the benchmark compares both)."""
     options: dict[str, Any] = {}
     credentials = None
     emulator = settings.emulator("BIGQUERY_EMULATOR_HOST")
@@ -61,8 +69,13 @@ def make_client(settings: Settings) -> bigquery.Client:
         options["client_options"] = {"api_endpoint": emulator}
         credentials = AnonymousCredentials()
     client = bigquery.Client(project=settings.project, credentials=credentials, **options)
-    # One pooled connection per worker thread, so concurrency does not queue on the pool.
-    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=max(10, settings.concurrency))
+    # One pooled connection per worker thread and one for the dataset step on the calling
+    # thread, so concurrency neither queues on the pool nor opens connections it then discards.
+    pool = {"pool_connections": 4, "pool_maxsize": max(10, settings.concurrency + 1)}
+    if rate_limited:
+        adapter = RateLimitedAdapter(limiter or shared_limiter(), **pool)
+    else:
+        adapter = requests.adapters.HTTPAdapter(**pool)
     client._http.mount("https://", adapter)
     client._http.mount("http://", adapter)
     return client

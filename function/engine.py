@@ -126,6 +126,8 @@ class Engine:
         names = select_tables(self.declared, request.tables)
         authorize(request, self.settings)
         run = _Run(self, request, dataset_updates, progress or Progress())
+        # The pool only hides latency: wide enough to keep BigQuery's per-user rate busy (see
+        # the README's Performance section); the rate limiter, not its size, keeps us under it.
         with ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="ensure") as pool:
             futures = [pool.submit(run.table, name) for name in names]
             try:

@@ -12,17 +12,19 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import completion, logs, runner
 from .config import ConfigError, Settings
 from .engine import EnsureResult, authorize, select_tables
 from .errors import PermanentError, TransientError
 from .events import Bootstrap, EventError, Ignored, Trigger, Upload, parse_event
-from .ledger import Claim
 from .request import BootstrapRequest
 from .schema_files import MANIFEST_NAME, TABLE_NAME, load_declared_state
 from .sources import Superseded, parse_gcs_uri, read_prefix
+
+if TYPE_CHECKING:
+    from .ledger import Claim
 
 
 @dataclass

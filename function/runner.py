@@ -7,18 +7,23 @@ and kept for the life of the process (a warm function instance reuses them).
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
-from google.cloud import bigquery, storage
+from google.cloud import bigquery
 
 from .bigquery_adapter import BigQueryAdapter, make_client
 from .config import Settings
 from .engine import Engine, EnsureResult, Progress
 from .errors import RefusedError
-from .ledger import Ledger
 from .model import DeclaredState
 from .request import BootstrapRequest
 from .schema_files import load_declared_state
 from .sources import read_source
+
+if TYPE_CHECKING:  # imported where used: a bootstrap from a folder needs neither
+    from google.cloud import storage
+
+    from .ledger import Ledger
 
 
 @functools.cache
@@ -28,6 +33,8 @@ def bigquery_client(settings: Settings) -> bigquery.Client:
 
 @functools.cache
 def storage_client(settings: Settings) -> storage.Client:
+    from google.cloud import storage
+
     return storage.Client(project=settings.project)
 
 
@@ -44,6 +51,8 @@ def ledger(settings: Settings) -> Ledger:
             "refused: a destructive request needs the request ledger, so that redeliveries never "
             "drop anything twice; set BOOTSTRAP_STATE_BUCKET to a bucket the function can write"
         )
+    from .ledger import Ledger
+
     return Ledger(storage_client(settings), settings.state_bucket, settings.retry_deadline)
 
 

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
-from google.cloud import storage
-from google.cloud.storage.retry import DEFAULT_RETRY
 
 from .errors import PermanentError, TransientError
 from .schema_files import is_schema_file
+
+if TYPE_CHECKING:  # imported where used: a folder source never loads the storage client
+    from google.cloud import storage
 
 REQUEST_TIMEOUT = 30.0
 SNAPSHOT_ATTEMPTS = 5  # listings of a prefix that keeps changing while it is read
@@ -49,6 +51,8 @@ def read_prefix(
     being handled: if that generation is no longer live, raise `Superseded`. A file replaced or
     deleted between the listing and its read (412, 404) is another writer's change, not a broken
     source: the prefix is listed and read again."""
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
     retry = DEFAULT_RETRY.with_timeout(deadline)
     for _ in range(SNAPSHOT_ATTEMPTS):
         blobs = _list(client, bucket, prefix, retry)

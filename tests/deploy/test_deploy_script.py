@@ -150,7 +150,7 @@ def test_function_environment_follows_the_contract(first: Run) -> None:
         "BOOTSTRAP_BACKUP_DATASET": "tenants_backups",
         "BOOTSTRAP_MAX_EVENT_AGE": "3600",
         "BOOTSTRAP_RETRY_DEADLINE": "60",
-        "BOOTSTRAP_CONCURRENCY": "8",
+        "BOOTSTRAP_CONCURRENCY": "32",
     }
 
 

@@ -20,7 +20,7 @@ def test_defaults() -> None:
         schema_source=str(BUNDLED_SCHEMAS),
         completion_topic="bootstrap-completed",
         allow_destructive=False,
-        concurrency=8,
+        concurrency=32,
         retry_deadline=60.0,
         max_event_age=3600.0,
         state_bucket=None,

@@ -1,0 +1,184 @@
+"""A client-side limiter that keeps this process under BigQuery's per-user request rates.
+
+BigQuery answers 403 `rateLimitExceeded` to a user that sends more than its documented rates
+(https://cloud.google.com/bigquery/quotas#api_request_quotas):
+
+- 100 API requests per second per user, all methods together;
+- 10 tables.insert requests per second per user;
+- 5 metadata updates per table per 10 s, and 5 per dataset per 10 s. A run patches a table and
+  the dataset at most once, so these two never bind and are not enforced here.
+
+Retrying those 403s with backoff works (the adapter's retry policy does: the safety net when
+another process of the same user spends the quota too), but each one wastes a round trip and
+a backoff sleep, and the retries themselves crowd out the next requests. So every HTTP request
+of the BigQuery client, retries and result pages included, first takes a slot here, shared by
+all the threads of the process (`RateLimitedAdapter`).
+
+Each rate is a sliding window ("at most N requests in any `window` seconds"), the shape of
+the quota itself, rather than a token bucket: a bucket large enough to let a fresh bootstrap send
+its eight table inserts at once (capacity 8+) also lets through capacity + rate requests in
+the first second, nearly twice the quota; one small enough never to exceed it (capacity 1,
+rate 9/s) spreads those eight inserts over 0.8 s, four extra round trips.
+
+BigQuery counts a request when it arrives, which the client cannot see: only that it was after
+the request was sent and before its answer came back. Dating it by its send time let 403s
+through in measurement: the first requests of a run wait for new connections (a TLS handshake,
+in production) and arrive late, so their windows close later than the client believes. Dating
+it by its answer is safe but adds a round trip to every window. So a request is dated by its
+answer minus the fastest round trip seen so far (the earliest it could have arrived had it
+travelled like the fastest request; a slow request, a new connection, is dated later), plus a
+small `margin` for the jitter that this does not see, and holds its slot while in flight.
+
+The rates and the margin are constructor arguments (`RateLimiter(rates, margin=...)`), for a
+project whose quotas were raised; `make_client(..., rate_limited=False)` turns the limiter off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests.adapters
+
+API_REQUESTS_PER_SECOND = 100  # per user, all methods
+TABLE_INSERTS_PER_SECOND = 10  # per user
+MARGIN = 0.05  # seconds: chosen by measurement (see the README's Performance section)
+
+
+@dataclass(frozen=True)
+class Rate:
+    """At most `requests` in any `window` seconds, of the requests whose HTTP method fullmatches
+    `method` and whose path matches `path` (re.search); None matches everything."""
+
+    name: str
+    requests: int
+    window: float = 1.0
+    method: str | None = None
+    path: str | None = None
+
+    def applies_to(self, method: str, path: str) -> bool:
+        if self.method is not None and not re.fullmatch(self.method, method):
+            return False
+        return self.path is None or re.search(self.path, path) is not None
+
+
+BIGQUERY_RATES: tuple[Rate, ...] = (
+    Rate("api", API_REQUESTS_PER_SECOND),
+    # tables.insert is POST .../datasets/D/tables (jobs, inserts of rows and the like differ).
+    Rate("tables.insert", TABLE_INSERTS_PER_SECOND, method="POST", path=r"/datasets/[^/]+/tables$"),
+)
+
+
+class _Slot:
+    __slots__ = ("answered", "sent")
+
+    def __init__(self, sent: float) -> None:
+        self.sent = sent
+        self.answered: float | None = None  # None while in flight
+
+
+class RateLimiter:
+    """Blocks a request until every rate that applies to it has room, then counts it in all of
+    them at once (taking one slot and then waiting for another would misdate the first).
+    Shared by threads; `waited` sums the seconds they spent waiting."""
+
+    def __init__(
+        self,
+        rates: Iterable[Rate] = BIGQUERY_RATES,
+        *,
+        margin: float = MARGIN,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.rates = tuple(rates)
+        self.margin = margin
+        self._clock = clock
+        self._changed = threading.Condition()
+        self._slots: dict[str, list[_Slot]] = {rate.name: [] for rate in self.rates}
+        self._fastest = math.inf  # the shortest round trip seen
+        self.waited = 0.0
+
+    @contextlib.contextmanager
+    def slot(self, method: str, path: str) -> Iterator[None]:
+        """Hold a slot for one `method` request to `path` while the block sends it."""
+        taken = self._acquire(method, path)
+        try:
+            yield
+        finally:
+            with self._changed:
+                taken.answered = self._clock()
+                self._fastest = min(self._fastest, taken.answered - taken.sent)
+                self._changed.notify_all()
+
+    def _acquire(self, method: str, path: str) -> _Slot:
+        rates = [rate for rate in self.rates if rate.applies_to(method, path)]
+        started = self._clock()
+        with self._changed:
+            while True:
+                now = self._clock()
+                delay = self._delay(rates, now)
+                if delay <= 0:
+                    break
+                # A window full of requests in flight frees only when an answer comes back.
+                self._changed.wait(None if delay == math.inf else delay)
+            taken = _Slot(now)
+            for rate in rates:
+                self._slots[rate.name].append(taken)
+            self.waited += now - started
+        return taken
+
+    def delay(self, method: str, path: str) -> float:
+        """Seconds until a `method` request to `path` could take a slot: 0 now, inf when it
+        waits for an answer to come back."""
+        rates = [rate for rate in self.rates if rate.applies_to(method, path)]
+        with self._changed:
+            return self._delay(rates, self._clock())
+
+    def _delay(self, rates: list[Rate], now: float) -> float:
+        return max((self._full_for(rate, now) for rate in rates), default=0.0)
+
+    def _expires(self, slot: _Slot, rate: Rate) -> float:
+        """When `slot` leaves `rate`'s window; inf while in flight. Computed afresh each time,
+        as the fastest round trip seen can only shrink, which only moves this later."""
+        if slot.answered is None:
+            return math.inf
+        return slot.answered - self._fastest + self.margin + rate.window
+
+    def _full_for(self, rate: Rate, now: float) -> float:
+        """0 when `rate` has room now, else the seconds until a slot frees (inf: an answer)."""
+        slots = self._slots[rate.name]
+        slots[:] = [s for s in slots if self._expires(s, rate) > now]
+        if len(slots) < rate.requests:
+            return 0.0
+        return min(self._expires(s, rate) for s in slots) - now
+
+
+class RateLimitedAdapter(requests.adapters.HTTPAdapter):
+    """A requests transport adapter that takes a slot from `limiter` before every request."""
+
+    def __init__(self, limiter: RateLimiter, **kwargs: Any) -> None:
+        self.limiter = limiter
+        super().__init__(**kwargs)
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        with self.limiter.slot(request.method or "GET", urlsplit(request.url or "").path):
+            return super().send(request, *args, **kwargs)
+
+
+_shared: RateLimiter | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_limiter() -> RateLimiter:
+    """The process's limiter: the quotas are per user, so all clients in the process share one."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = RateLimiter()
+        return _shared

@@ -1,0 +1,89 @@
+"""The benchmark's harness on a tiny scenario, so that `make bench` cannot rot: it counts what the
+engine sends, in each variant, and its report sees the outcomes. No timing is asserted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.benchmarks import bqloop, report, scenarios, tables
+from tests.benchmarks.harness import Bench, endpoint
+
+pytestmark = pytest.mark.emulators
+
+TABLES = 3
+DATASETS = "/bigquery/v2/projects/{p}/datasets"
+TABLE = DATASETS + "/{d}/tables/{t}"
+
+
+def test_harness_counts_the_requests_of_each_scenario(bigquery_stack, tmp_path):
+    bench = Bench(tmp_path, latency=0.01, stack=bigquery_stack)
+    folder, added = scenarios.generated_folders(tmp_path, TABLES)
+    variants = [scenarios.default(None), scenarios.SEQUENTIAL]
+
+    with bench:
+        rows = scenarios.series(bench, f"{TABLES} generated tables", folder, variants, added_column=added)
+
+    by = {(r.scenario.split(",")[0], r.variant): r for r in rows}
+    assert len(by) == 6
+    fresh, noop, patched = (by[(step, "default")] for step in ("fresh", "nothing to do", "one column added"))
+    assert fresh.actions == {"created": TABLES}
+    assert fresh.by_endpoint[f"POST {DATASETS}"] == 1
+    assert fresh.by_endpoint[f"POST {DATASETS}/{{d}}/tables"] == fresh.inserts == TABLES
+    assert fresh.writes == 1 + TABLES
+    assert fresh.reads <= 1 + TABLES  # the dataset, and the tables read before it was known missing
+    assert noop.actions == {"unchanged": TABLES}
+    assert (noop.reads, noop.writes) == (1 + TABLES, 0)
+    assert noop.by_endpoint == {f"GET {DATASETS}/{{d}}": 1, f"GET {TABLE}": TABLES}
+    assert patched.actions == {"updated": TABLES}
+    assert patched.by_endpoint == {
+        f"GET {DATASETS}/{{d}}": 1,
+        f"GET {TABLE}": TABLES,
+        f"PATCH {TABLE}": TABLES,
+    }
+    for row in rows:
+        assert row.rejected == row.repeated_reads == 0
+        assert row.rss_mib is not None and row.rss_mib > 0
+        assert row.limit is not None and row.depth is not None
+        sequential = row.variant == scenarios.SEQUENTIAL.name
+        assert (row.baseline is None) == sequential
+        if not sequential:
+            assert row.baseline.scenario == row.scenario
+    assert report.outcome_problems(rows) == []
+    assert report.table(rows).count("\n") == len(rows) + 1
+    noop_target = report.targets(rows, TABLES, "default")[0]
+    assert noop_target.met, noop_target
+
+
+def test_endpoint_names_the_shape_of_a_path():
+    path = "/bigquery/v2/projects/p1/datasets/tenants/tables/tenant_profiles"
+    assert endpoint(path) == TABLE
+
+
+def test_the_bq_loop_script_creates_the_dataset_then_every_table(tmp_path):
+    folder = tables.bundled(tmp_path / "schemas")
+
+    text = bqloop.script(folder, "proj", "ds", "http://127.0.0.1:1", Path("/sdk/bigquery.json"))
+
+    lines = [line for line in text.splitlines() if line.startswith("$BQ ")]
+    assert len(lines) == 1 + tables.table_count(folder)
+    assert "--dataset" in lines[0] and lines[0].endswith("proj:ds >/dev/null")
+    usage = next(line for line in lines if "ds.tenant_usage_quotas" in line)
+    assert "--time_partitioning_field=usage_date" in usage
+    assert "--clustering_fields=tenant_id,usage_date" in usage
+    assert all(" mk -f " in line for line in lines)
+
+
+def test_generated_tables_are_valid_and_a_third_partitioned(tmp_path):
+    from function.schema_files import load_declared_state
+
+    folder = tables.generated(tmp_path / "g", 30)
+    files = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    declared = load_declared_state(files)
+
+    assert len(declared.tables) == 30
+    partitioned = [t for t in declared.tables.values() if t.partitioning is not None]
+    assert len(partitioned) == 10
+    assert all(t.clustering for t in partitioned)
