@@ -14,6 +14,9 @@ from tests.support.proxy import Proxy
 REPO = Path(__file__).resolve().parent.parent
 SCHEMAS = REPO / "schemas"
 PROJECT = "local-project"
+TABLES = sorted(p.stem for p in SCHEMAS.glob("*.json"))  # the bundled tables
+BUCKET = StackConfig.schema_bucket  # the local stack's schema bucket and prefix
+PREFIX = StackConfig.schema_prefix
 
 
 @pytest.fixture(scope="session")

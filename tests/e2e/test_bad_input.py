@@ -29,7 +29,7 @@ from google.cloud import storage
 
 from deploy.local.stack import Stack, StackConfig
 from function.sync import sync_folder
-from tests.conftest import SCHEMAS
+from tests.conftest import BUCKET, PREFIX, SCHEMAS
 from tests.support.e2e import (
     PUBSUB_PUBLISHED,
     STORAGE_FINALIZED,
@@ -47,8 +47,6 @@ from tests.support.proxy import Proxy
 
 pytestmark = pytest.mark.emulators
 
-BUCKET = "tenant-schemas"
-PREFIX = "schemas/"
 NOTIFICATIONS = "schema-notifications"
 KEY = "KEY"  # replaced, wherever it appears in a case's data, by the case's own key
 MB = 1024 * 1024

@@ -10,12 +10,10 @@ import pytest
 import requests
 
 from deploy.local.stack import Stack, StackConfig
-from tests.conftest import SCHEMAS
+from tests.conftest import SCHEMAS, TABLES
 from tests.support.e2e import bigquery_snapshot, log_lines, publish, push, run_cli
 
 pytestmark = pytest.mark.emulators
-
-TABLES = sorted(p.stem for p in SCHEMAS.glob("*.json"))
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from google.cloud import storage
 
 from deploy.local.stack import Stack, StackConfig
 from function.sync import sync_folder
-from tests.conftest import SCHEMAS
+from tests.conftest import BUCKET, PREFIX, SCHEMAS, TABLES
 from tests.support.declared import differences
 from tests.support.e2e import (
     STORAGE_FINALIZED,
@@ -33,10 +33,6 @@ from tests.support.e2e import (
 from tests.support.proxy import FaultPlan, Proxy
 
 pytestmark = pytest.mark.emulators
-
-BUCKET = "tenant-schemas"
-PREFIX = "schemas/"
-TABLES = sorted(p.stem for p in SCHEMAS.glob("*.json"))
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import pytest
 from google.cloud import storage
 
 from deploy.local.stack import Stack, StackConfig
-from tests.conftest import SCHEMAS
+from tests.conftest import SCHEMAS, TABLES
 from tests.support.declared import differences, folder_files
 from tests.support.e2e import (
     answers,
@@ -34,7 +34,6 @@ pytestmark = pytest.mark.emulators
 
 BUCKET = "fault-schemas"
 PREFIX = "schemas/"
-TABLES = sorted(p.stem for p in SCHEMAS.glob("*.json"))
 ROWS = 3  # inserted into every table before the faults start
 TOPIC = "bootstrap-requests"
 

@@ -17,15 +17,11 @@ from google.cloud import storage
 
 from deploy.local.stack import Stack, StackConfig
 from function.sync import sync_folder
-from tests.conftest import PROJECT, SCHEMAS
+from tests.conftest import BUCKET, PREFIX, PROJECT, SCHEMAS, TABLES
 from tests.support.e2e import Inbox, bigquery_snapshot, log_lines, run_cli
 from tests.support.rows import required_row
 
 pytestmark = pytest.mark.emulators
-
-BUCKET = "tenant-schemas"
-PREFIX = "schemas/"
-TABLES = sorted(p.stem for p in SCHEMAS.glob("*.json"))
 
 
 @pytest.fixture(scope="module")
