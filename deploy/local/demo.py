@@ -121,7 +121,7 @@ def show_tables(client: bigquery.Client, dataset: str, only: str | None = None) 
 def _columns(fields: Any, indent: str) -> list[str]:
     lines = []
     for f in fields:
-        lines.append(f"{indent}{f.name:<28} {f.field_type:<10} {f.mode}")
+        lines.append(f"{indent + f.name:<34} {f.field_type:<10} {f.mode}")  # nested names indent, types align
         lines += _columns(f.fields, indent + "  ")
     return lines
 
