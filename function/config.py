@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import PermanentError
+from .model import BIGQUERY_NAME
 
 BUNDLED_SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
-DATASET_NAME = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
 PROJECT_ID = re.compile(r"^(?:[a-z][a-z0-9.:-]{1,62}[a-z0-9])$")
 TOPIC_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9._~+%-]{2,254}$")
 TRUE = {"1", "true", "yes", "on"}
@@ -79,7 +79,7 @@ class Settings:
             ("BOOTSTRAP_DATASET", self.dataset),
             ("BOOTSTRAP_BACKUP_DATASET", self.backups),
         ):
-            if not DATASET_NAME.fullmatch(name):
+            if not BIGQUERY_NAME.fullmatch(name):
                 raise ConfigError(f"{var}={name!r}: use 1-1024 letters, digits or underscores")
         if not TOPIC_NAME.fullmatch(self.completion_topic):
             raise ConfigError(f"COMPLETION_TOPIC={self.completion_topic!r} is not a valid topic name")

@@ -19,8 +19,9 @@ from .config import ConfigError, Settings
 from .engine import EnsureResult, authorize, select_tables
 from .errors import PermanentError, TransientError
 from .events import Bootstrap, EventError, Ignored, Trigger, Upload, parse_event
+from .model import BIGQUERY_NAME
 from .request import BootstrapRequest
-from .schema_files import MANIFEST_NAME, TABLE_NAME, load_declared_state
+from .schema_files import MANIFEST_NAME, load_declared_state
 from .sources import Superseded, parse_gcs_uri, read_prefix
 
 if TYPE_CHECKING:
@@ -110,7 +111,7 @@ def _handle_upload(work: Upload, settings: Settings, clock: float) -> None:
     if work.bucket != bucket or "/" in name or not (name == MANIFEST_NAME or table is not None):
         logs.info(f"upload ignored: not a schema file under {settings.schema_source}", **where)
         return
-    if table is not None and not TABLE_NAME.fullmatch(table):
+    if table is not None and not BIGQUERY_NAME.fullmatch(table):
         table = None  # validation below reports the bad file name
     request = BootstrapRequest(request_id=work.request_id, tables=(table,) if table else None)
     outcome = Outcome(settings, work.trigger, work.request_id)

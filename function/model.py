@@ -7,6 +7,7 @@ the schema file or the BigQuery API used.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,8 @@ TYPE_ALIASES: dict[str, str] = {
     "STRUCT": "RECORD",
 }
 MODES = ("NULLABLE", "REQUIRED", "REPEATED")
+# A BigQuery dataset or table id as this tool accepts it; it also becomes part of API paths.
+BIGQUERY_NAME = re.compile(r"[A-Za-z0-9_]{1,1024}")
 
 
 def canonical_type(name: str) -> str | None:

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import RequestError
+from .model import BIGQUERY_NAME
 
 MAX_DATA_BYTES = 64 * 1024  # a request is a few hundred bytes; anything huge is a mistake
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/#@+=-]{1,256}$")
-TABLE_NAME = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
 FIELDS = {
     "request_id": str,
     "tables": list,
@@ -77,7 +77,7 @@ def request_from_fields(doc: dict[str, Any], default_id: str) -> BootstrapReques
     if isinstance(tables, list):
         if not tables:
             errors.append("tables is empty; omit it to ensure every table, or name at least one")
-        bad = [t for t in tables if not isinstance(t, str) or not TABLE_NAME.fullmatch(t)]
+        bad = [t for t in tables if not isinstance(t, str) or not BIGQUERY_NAME.fullmatch(t)]
         if bad:
             errors.append(f"tables holds invalid table names: {json.dumps(bad)[:200]}")
         elif len(set(tables)) != len(tables):

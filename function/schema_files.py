@@ -18,6 +18,7 @@ import yaml
 
 from .errors import PermanentError
 from .model import (
+    BIGQUERY_NAME,
     MODES,
     Column,
     DeclaredState,
@@ -34,7 +35,6 @@ MAX_CLUSTERING = 4
 MAX_COLUMN_DESCRIPTION = 1024  # BigQuery's limits, in characters
 MAX_DESCRIPTION = 16384  # of a table's or dataset's description
 RANGE_ELEMENTS = {"DATE", "DATETIME", "TIMESTAMP"}
-TABLE_NAME = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
 COLUMN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,299}$")
 RESERVED_PREFIXES = ("_TABLE_", "_FILE_", "_PARTITION", "_ROW_TIMESTAMP", "__ROOT__", "_COLON_")
 LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
@@ -121,7 +121,7 @@ def load_declared_state(files: Mapping[str, bytes], *, complete: bool = True) ->
         if not name.endswith(".json"):
             continue
         table = name[: -len(".json")]
-        if not TABLE_NAME.fullmatch(table):
+        if not BIGQUERY_NAME.fullmatch(table):
             errors.append(
                 SchemaError(
                     name,
@@ -330,7 +330,7 @@ def _parse_manifest(data: bytes | None, errors: list[SchemaError]) -> dict[str, 
         tables = {}
     for table, entry in tables.items():
         path = f"tables.{table}"
-        if not isinstance(table, str) or not TABLE_NAME.fullmatch(table):
+        if not isinstance(table, str) or not BIGQUERY_NAME.fullmatch(table):
             errors.append(
                 SchemaError(
                     MANIFEST_NAME, path, "is not a table name: use 1-1024 letters, digits or underscores"
