@@ -21,12 +21,11 @@ from google.auth import exceptions as auth_exceptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
-from .config import Settings
+from .config import REQUEST_TIMEOUT, Settings
 from .errors import TransientError
 from .model import Column, DatasetSpec, TableSpec, TimePartitioning, canonical_type, sorted_labels
 from .ratelimit import RateLimitedAdapter, RateLimiter, shared_limiter
 
-REQUEST_TIMEOUT = 30.0  # seconds for one HTTP request; the retry deadline bounds the total
 _TRANSIENT_TYPES = (
     gexc.TooManyRequests,
     gexc.InternalServerError,

@@ -14,6 +14,7 @@ from .model import BIGQUERY_NAME
 BUNDLED_SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 PROJECT_ID = re.compile(r"^(?:[a-z][a-z0-9.:-]{1,62}[a-z0-9])$")
 TOPIC_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9._~+%-]{2,254}$")
+REQUEST_TIMEOUT = 30.0  # seconds for one HTTP request to a Google API; retry deadlines bound the total
 TRUE = {"1", "true", "yes", "on"}
 FALSE = {"", "0", "false", "no", "off"}
 

@@ -23,14 +23,14 @@ from typing import Any
 
 from google.api_core import exceptions as gexc
 from google.cloud import storage
-from google.cloud.storage.retry import DEFAULT_RETRY
 
+from .config import REQUEST_TIMEOUT
 from .engine import Progress
 from .errors import TransientError
+from .sources import storage_retry
 
 PREFIX = "ledger/"
 LEASE = timedelta(minutes=15)  # longer than a run can take (the function's own timeout is shorter)
-REQUEST_TIMEOUT = 30.0
 
 
 class InProgress(TransientError):
@@ -66,7 +66,7 @@ class Claim(Progress):
 class Ledger:
     def __init__(self, client: storage.Client, bucket: str, deadline: float) -> None:
         self.bucket = client.bucket(bucket)
-        self.retry = DEFAULT_RETRY.with_timeout(deadline)
+        self.retry = storage_retry(deadline)
         self.owner = f"{socket.gethostname()}/{uuid.uuid4().hex[:8]}"
 
     def claim(self, request_id: str) -> Claim:

@@ -12,18 +12,26 @@ from typing import TYPE_CHECKING
 from google.api_core import exceptions as gexc
 from google.api_core.retry import Retry
 
+from .config import REQUEST_TIMEOUT
 from .errors import PermanentError, TransientError
 from .schema_files import is_schema_file
 
 if TYPE_CHECKING:  # imported where used: a folder source never loads the storage client
     from google.cloud import storage
 
-REQUEST_TIMEOUT = 30.0
 SNAPSHOT_ATTEMPTS = 5  # listings of a prefix that keeps changing while it is read
 
 
 class Superseded(Exception):
     """The uploaded generation is no longer the live one: a newer upload has its own event."""
+
+
+def storage_retry(deadline: float) -> Retry:
+    """Cloud Storage's own retry policy (transient errors; conditional writes only), bounded
+    by our deadline."""
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    return DEFAULT_RETRY.with_timeout(deadline)
 
 
 def parse_gcs_uri(uri: str) -> tuple[str, str]:
@@ -51,9 +59,7 @@ def read_prefix(
     being handled: if that generation is no longer live, raise `Superseded`. A file replaced or
     deleted between the listing and its read (412, 404) is another writer's change, not a broken
     source: the prefix is listed and read again."""
-    from google.cloud.storage.retry import DEFAULT_RETRY
-
-    retry = DEFAULT_RETRY.with_timeout(deadline)
+    retry = storage_retry(deadline)
     for _ in range(SNAPSHOT_ATTEMPTS):
         blobs = _list(client, bucket, prefix, retry)
         if pinned is not None:
