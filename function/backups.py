@@ -136,8 +136,7 @@ class Backups:
             raise PermanentError(f"{backup!r} is not a backup made by this tool")
         target = target or meta["backup_of"].split(".")[-1]
         destination = self.bq.dataset_ref.table(target)
-        existing, _ = self.bq.get_table(target)
-        current = self.bq.call("get_table", destination) if existing is not None else None
+        _, current = self.bq.get_table(target)
         if current is not None and current.num_rows and not overwrite:
             raise PermanentError(
                 f"{target} holds {current.num_rows} rows; restoring would replace them. "
