@@ -87,8 +87,8 @@ class Ledger:
         if current["state"] == "done":
             return Claim(self, request_id, blob.generation, current, recorded=current["result"])
         lease_until = datetime.fromisoformat(current["lease_until"])
-        ours = current.get("owner") == self.owner  # our own write, answered 412 on a retry
-        if current["state"] == "running" and lease_until > _now() and not ours:
+        # (A write of ours whose answer was lost never gets here: `_upload` recognises it.)
+        if current["state"] == "running" and lease_until > _now():
             raise InProgress(
                 f"request {request_id} is being executed by {current.get('owner')} until "
                 f"{current['lease_until']}; this delivery will be retried"
