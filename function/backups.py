@@ -20,6 +20,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import bigquery
 
 from .bigquery_adapter import BigQueryAdapter
+from .config import Settings
 from .errors import PermanentError, TransientError
 
 BACKUP_LABEL = "bootstrap-backup"
@@ -45,12 +46,14 @@ class Backup:
 
 
 class Backups:
-    def __init__(self, bq: BigQueryAdapter, dataset: str, location: str, ttl_days: float) -> None:
+    """The backup dataset of the deployment (BOOTSTRAP_BACKUP_DATASET, _TTL_DAYS)."""
+
+    def __init__(self, bq: BigQueryAdapter, settings: Settings) -> None:
         self.bq = bq
         self.client = bq.client
-        self.ref = bigquery.DatasetReference(self.client.project, dataset)
-        self.location = location
-        self.ttl = timedelta(days=ttl_days)
+        self.ref = bigquery.DatasetReference(self.client.project, settings.backups)
+        self.location = settings.location
+        self.ttl = timedelta(days=settings.backup_ttl_days)
         self._dataset_ready = False
 
     def backup(self, table: bigquery.Table, request_id: str) -> Backup | None:

@@ -167,7 +167,7 @@ def _restore(args: argparse.Namespace) -> int:
 
 def _backup_store(settings: Settings) -> Backups:
     adapter = BigQueryAdapter(runner.bigquery_client(settings), settings.dataset, settings.retry_deadline)
-    return Backups(adapter, settings.backups, settings.location, settings.backup_ttl_days)
+    return Backups(adapter, settings)
 
 
 def _target(args: argparse.Namespace, settings: Settings) -> str:

@@ -110,7 +110,7 @@ class Engine:
         self.declared = declared
         self.settings = settings
         self.bq = bq
-        self.backups = Backups(bq, settings.backups, settings.location, settings.backup_ttl_days)
+        self.backups = Backups(bq, settings)
 
     def ensure(
         self,
