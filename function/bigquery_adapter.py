@@ -192,6 +192,7 @@ def table_spec(table: bigquery.Table) -> TableSpec:
         partitioning=partitioning,
         clustering=tuple(table.clustering_fields or ()),
         require_partition_filter=rpf,
+        expires_ms=int(resource["expirationTime"]) if resource.get("expirationTime") else None,
     )
 
 

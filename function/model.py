@@ -84,6 +84,9 @@ class TableSpec:
     partitioning: TimePartitioning | None = None
     clustering: tuple[str, ...] = ()
     require_partition_filter: bool = False
+    # When BigQuery deletes the table (ms since the epoch). A declared table never expires: the
+    # manifest cannot ask for it, and one found on a table is removed.
+    expires_ms: int | None = None
 
     @property
     def label_dict(self) -> dict[str, str]:

@@ -12,6 +12,7 @@ any change of the partitioning itself) needs the table to be recreated.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -74,6 +75,11 @@ def plan_table(declared: TableSpec, actual: TableSpec | None, *, recreate: bool 
             f"{_yes(actual.require_partition_filter)} -> {_yes(declared.require_partition_filter)}"
         )
         patch["require_partition_filter"] = declared.require_partition_filter
+    if actual.expires_ms is not None:  # declared tables never expire (see TableSpec.expires_ms)
+        changes.append(
+            f"table expiration: {_instant(actual.expires_ms)} -> none (the table would be deleted)"
+        )
+        patch["expires"] = None
 
     if blocked:
         return TablePlan(declared.name, Action.BLOCKED, tuple(changes), tuple(blocked), declared=declared)
@@ -195,11 +201,20 @@ def _diff_partitioning(
             f"partitioning: {_partition_words(have)} -> {_partition_words(want)}: needs the table recreated"
         )
         return
-    if want.expiration_ms != have.expiration_ms:
-        changes.append(
-            f"partition expiration: {_expiration(have.expiration_ms)} -> {_expiration(want.expiration_ms)}"
+    if want.expiration_ms == have.expiration_ms:
+        return
+    words = f"partition expiration: {_expiration(have.expiration_ms)} -> {_expiration(want.expiration_ms)}"
+    if want.expiration_ms is not None and (
+        have.expiration_ms is None or want.expiration_ms < have.expiration_ms
+    ):
+        # BigQuery deletes every partition older than the new limit as soon as it is set.
+        blocked.append(
+            f"{words}: BigQuery would delete every partition older than "
+            f"{_expiration(want.expiration_ms)} at once, so it needs a forced request"
         )
-        patch["partition_expiration_ms"] = want.expiration_ms
+        return
+    changes.append(words)
+    patch["partition_expiration_ms"] = want.expiration_ms
 
 
 def _diff_metadata(
@@ -239,6 +254,10 @@ def _partition_words(p: Any) -> str:
 
 def _expiration(ms: int | None) -> str:
     return "none" if ms is None else f"{ms / 86_400_000:g} days"
+
+
+def _instant(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _columns(names: tuple[str, ...]) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,6 +33,9 @@ from .request import json_kind
 MANIFEST_NAME = "bootstrap.yaml"
 MAX_NESTING = 15  # BigQuery's limit on nested RECORD levels
 MAX_CLUSTERING = 4
+# A partition expiration deletes data: less than a day is a typo, never a retention policy.
+MIN_EXPIRATION_DAYS = 1
+MAX_EXPIRATION_DAYS = 36_500
 MAX_COLUMN_DESCRIPTION = 1024  # BigQuery's limits, in characters
 MAX_DESCRIPTION = 16384  # of a table's or dataset's description
 RANGE_ELEMENTS = {"DATE", "DATETIME", "TIMESTAMP"}
@@ -473,9 +477,19 @@ def _partitioning(
     days = raw.get("expiration_days")
     expiration_ms = None
     if days is not None:
-        if isinstance(days, bool) or not isinstance(days, int | float) or days <= 0:
+        if (
+            isinstance(days, bool)
+            or not isinstance(days, int | float)
+            or not math.isfinite(days)
+            or not MIN_EXPIRATION_DAYS <= days <= MAX_EXPIRATION_DAYS
+        ):
             errors.append(
-                SchemaError(MANIFEST_NAME, f"{path}.expiration_days", "must be a positive number of days")
+                SchemaError(
+                    MANIFEST_NAME,
+                    f"{path}.expiration_days",
+                    f"must be a number of days from {MIN_EXPIRATION_DAYS} to {MAX_EXPIRATION_DAYS} "
+                    "(partitions older than this are deleted); remove it to keep every partition",
+                )
             )
             return None
         expiration_ms = int(days * 86_400_000)

@@ -329,16 +329,39 @@ CASES = [
         changes=["clustering: tenant_id -> none"],
     ),
     case(
-        "partition expiration changed: update",
+        "partition expiration lengthened: update",
         declared=[meta(time_partitioning={"type": "DAY", "field": "usage_date", "expiration_days": 90})],
         action=Action.UPDATE,
         changes=["partition expiration: 30 days -> 90 days"],
+    ),
+    case(
+        "partition expiration shortened (deletes partitions at once): blocked",
+        declared=[meta(time_partitioning={"type": "DAY", "field": "usage_date", "expiration_days": 7})],
+        action=Action.BLOCKED,
+        blocked=[
+            "partition expiration: 30 days -> 7 days: BigQuery would delete every partition older than 7 days"
+        ],
+    ),
+    case(
+        "partition expiration set where there was none: blocked",
+        declared=[meta(time_partitioning={"type": "DAY", "field": "usage_date", "expiration_days": 400})],
+        actual=[meta(timePartitioning={"type": "DAY", "field": "usage_date"})],
+        action=Action.BLOCKED,
+        blocked=[
+            "partition expiration: none -> 400 days: BigQuery would delete every partition older than 400 days at once, so it needs a forced request"
+        ],
     ),
     case(
         "partition expiration removed: update",
         declared=[meta(time_partitioning={"type": "DAY", "field": "usage_date"})],
         action=Action.UPDATE,
         changes=["partition expiration: 30 days -> none"],
+    ),
+    case(
+        "table expiration set by another tool: update (removed)",
+        actual=[meta(expirationTime=str(1_900_000_000_000))],
+        action=Action.UPDATE,
+        changes=["table expiration: 2030-03-17 17:46 UTC -> none (the table would be deleted)"],
     ),
     case(
         "require_partition_filter turned on: update",
@@ -606,7 +629,7 @@ def test_patch_values_for_table_properties() -> None:
     declared = declared_spec(
         meta(description=None),
         meta(clustering=["usage_date", "tenant_id"]),
-        meta(time_partitioning={"type": "DAY", "field": "usage_date", "expiration_days": 7}),
+        meta(time_partitioning={"type": "DAY", "field": "usage_date", "expiration_days": 60}),
         meta(require_partition_filter=True),
     )
 
@@ -615,7 +638,7 @@ def test_patch_values_for_table_properties() -> None:
     assert plan.patch == {
         "description": None,
         "clustering_fields": ["usage_date", "tenant_id"],
-        "partition_expiration_ms": 7 * DAY_MS,
+        "partition_expiration_ms": 60 * DAY_MS,
         "require_partition_filter": True,
     }
 

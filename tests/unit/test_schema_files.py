@@ -592,16 +592,56 @@ CORPUS = [
         table_entry("time_partitioning: {type: DAY, field: day, expiration_days: -1}"),
         M,
         "tables.t.time_partitioning.expiration_days",
-        "must be a positive number of days",
-        "positive number",
+        "must be a number of days from 1 to 36500",
+        "remove it to keep every partition",
     ),
     bad(
         "expiration_days a string",
         table_entry("time_partitioning: {type: DAY, field: day, expiration_days: '30'}"),
         M,
         "tables.t.time_partitioning.expiration_days",
-        "must be a positive number of days",
-        "positive number",
+        "must be a number of days from 1 to 36500",
+        "remove it to keep every partition",
+    ),
+    bad(
+        "expiration_days of a fraction of a day (deletes almost every partition)",
+        table_entry("time_partitioning: {type: DAY, field: day, expiration_days: 0.00001}"),
+        M,
+        "tables.t.time_partitioning.expiration_days",
+        "must be a number of days from 1 to 36500",
+        "remove it to keep every partition",
+    ),
+    bad(
+        "expiration_days just under a day",
+        table_entry("time_partitioning: {type: DAY, field: day, expiration_days: 0.99}"),
+        M,
+        "tables.t.time_partitioning.expiration_days",
+        "must be a number of days from 1 to 36500",
+        "remove it to keep every partition",
+    ),
+    bad(
+        "expiration_days not a number (.nan)",
+        table_entry("time_partitioning: {type: DAY, field: day, expiration_days: .nan}"),
+        M,
+        "tables.t.time_partitioning.expiration_days",
+        "must be a number of days from 1 to 36500",
+        "remove it to keep every partition",
+    ),
+    bad(
+        "expiration_days infinite (.inf)",
+        table_entry("time_partitioning: {type: DAY, field: day, expiration_days: .inf}"),
+        M,
+        "tables.t.time_partitioning.expiration_days",
+        "must be a number of days from 1 to 36500",
+        "remove it to keep every partition",
+    ),
+    bad(
+        "expiration_days beyond a hundred years",
+        table_entry("time_partitioning: {type: DAY, field: day, expiration_days: 36501}"),
+        M,
+        "tables.t.time_partitioning.expiration_days",
+        "must be a number of days from 1 to 36500",
+        "remove it to keep every partition",
     ),
     bad(
         "more than 4 clustering fields",
@@ -903,7 +943,7 @@ def test_a_schema_file_without_a_manifest_entry_is_a_plain_table() -> None:
 def test_manifest_settings_are_normalised() -> None:
     files = table_entry(
         "labels: {env: prod, empty: ''}\n"
-        "time_partitioning: {type: month, field: AT, expiration_days: 0.5}\n"
+        "time_partitioning: {type: month, field: AT, expiration_days: 1.5}\n"
         "clustering: [TENANT_ID, day]\n"
         "require_partition_filter: true"
     )
@@ -913,7 +953,7 @@ def test_manifest_settings_are_normalised() -> None:
     assert (spec.partitioning.type, spec.partitioning.field, spec.partitioning.expiration_ms) == (
         "MONTH",
         "at",
-        43_200_000,
+        129_600_000,
     )
     assert spec.clustering == ("tenant_id", "day")
     assert spec.require_partition_filter is True
