@@ -6,9 +6,10 @@ as "not forced". Booleans must be JSON booleans ("false" is a string, and truthy
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from .errors import RequestError
@@ -23,6 +24,7 @@ FIELDS = {
     "force_recreate_tables": bool,
     "force_recreate_dataset": bool,
     "confirm": str,
+    "accept_losses": list,
 }
 
 
@@ -34,10 +36,20 @@ class BootstrapRequest:
     force_recreate_tables: bool = False
     force_recreate_dataset: bool = False
     confirm: str | None = None
+    # Objects a dataset recreation may delete although they cannot be backed up (views,
+    # routines, models, ...): named one by one, never implied.
+    accept_losses: tuple[str, ...] = ()
 
     @property
     def destructive(self) -> bool:
         return self.force_recreate_tables or self.force_recreate_dataset
+
+    @property
+    def digest(self) -> str:
+        """What the request asks for, without its id: the same id sent again with another body
+        is a different request, which the ledger refuses."""
+        body = {k: v for k, v in asdict(self).items() if k != "request_id"}
+        return "sha256:" + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def parse_request(data: bytes, default_id: str) -> BootstrapRequest:
@@ -83,11 +95,31 @@ def request_from_fields(doc: dict[str, Any], default_id: str) -> BootstrapReques
         elif len(set(tables)) != len(tables):
             errors.append("tables names a table twice")
     confirm = doc.get("confirm")
-    forced = doc.get("force_recreate_tables") is True or doc.get("force_recreate_dataset") is True
+    whole_dataset = doc.get("force_recreate_dataset") is True
+    forced = doc.get("force_recreate_tables") is True or whole_dataset
     if confirm is not None and not forced and isinstance(confirm, str):
         errors.append(
             "confirm is given but no force flag is set; remove it, or set the force flag it confirms"
         )
+    if whole_dataset and tables is not None:
+        errors.append(
+            "force_recreate_dataset recreates every declared table, so it cannot take tables; "
+            "remove tables, or use force_recreate_tables for a subset"
+        )
+    if forced and doc.get("dry_run") is not True and request_id is None:
+        errors.append(
+            "a destructive request needs its own request_id (the message id changes when the same "
+            "request is published again, so it cannot tell a redelivery from a new request)"
+        )
+    losses = doc.get("accept_losses")
+    if isinstance(losses, list):
+        if not whole_dataset:
+            errors.append("accept_losses applies only to force_recreate_dataset; remove it")
+        if not losses or not all(isinstance(n, str) and BIGQUERY_NAME.fullmatch(n) for n in losses):
+            errors.append(
+                "accept_losses must name at least one dataset object (a view, routine, model or "
+                "other object that cannot be backed up)"
+            )
     if errors:
         raise RequestError("invalid bootstrap request: " + "; ".join(errors))
     return BootstrapRequest(
@@ -97,6 +129,7 @@ def request_from_fields(doc: dict[str, Any], default_id: str) -> BootstrapReques
         force_recreate_tables=bool(doc.get("force_recreate_tables", False)),
         force_recreate_dataset=bool(doc.get("force_recreate_dataset", False)),
         confirm=confirm,
+        accept_losses=tuple(sorted(set(losses))) if isinstance(losses, list) else (),
     )
 
 
@@ -112,4 +145,4 @@ def json_kind(value: Any) -> str:
 
 
 def _type_words(kind: type) -> str:
-    return {str: "string", list: "list of table names", bool: "boolean (true or false)"}[kind]
+    return {str: "string", list: "list of names", bool: "boolean (true or false)"}[kind]

@@ -57,7 +57,7 @@ def test_every_field_is_parsed() -> None:
 
 def test_dataset_force_is_destructive_and_null_fields_take_their_defaults() -> None:
     request = parse_request(
-        _json({"force_recreate_dataset": True, "confirm": "tenants", "tables": None}), "m"
+        _json({"force_recreate_dataset": True, "confirm": "tenants", "tables": None, "request_id": "r"}), "m"
     )
     assert request.destructive is True
     assert request.force_recreate_tables is False
@@ -99,7 +99,7 @@ def test_dataset_force_is_destructive_and_null_fields_take_their_defaults() -> N
             _json({"dry_run": 1}), ["dry_run must be a boolean (true or false), not 1"], id="dry_run a number"
         ),
         pytest.param(
-            _json({"tables": "x"}), ['tables must be a list of table names, not "x"'], id="tables a string"
+            _json({"tables": "x"}), ['tables must be a list of names, not "x"'], id="tables a string"
         ),
         pytest.param(
             _json({"tables": [1]}), ["tables holds invalid table names: [1]"], id="tables holds a number"
@@ -167,6 +167,52 @@ def test_dataset_force_is_destructive_and_null_fields_take_their_defaults() -> N
             id="confirm with the force flag false",
         ),
         pytest.param(
+            _json({"force_recreate_dataset": True, "confirm": "tenants", "tables": ["a"], "request_id": "r"}),
+            ["force_recreate_dataset recreates every declared table, so it cannot take tables"],
+            id="dataset recreation limited to some tables",
+        ),
+        pytest.param(
+            _json({"force_recreate_tables": True, "confirm": "tenants"}),
+            ["a destructive request needs its own request_id"],
+            id="destructive request without a request_id",
+        ),
+        pytest.param(
+            _json({"force_recreate_dataset": True, "confirm": "tenants"}),
+            ["a destructive request needs its own request_id"],
+            id="dataset recreation without a request_id",
+        ),
+        pytest.param(
+            _json(
+                {
+                    "force_recreate_tables": True,
+                    "confirm": "tenants",
+                    "request_id": "r",
+                    "accept_losses": ["v"],
+                }
+            ),
+            ["accept_losses applies only to force_recreate_dataset"],
+            id="accept_losses without a dataset recreation",
+        ),
+        pytest.param(
+            _json(
+                {"force_recreate_dataset": True, "confirm": "tenants", "request_id": "r", "accept_losses": []}
+            ),
+            ["accept_losses must name at least one dataset object"],
+            id="accept_losses empty",
+        ),
+        pytest.param(
+            _json(
+                {
+                    "force_recreate_dataset": True,
+                    "confirm": "tenants",
+                    "request_id": "r",
+                    "accept_losses": ["a b"],
+                }
+            ),
+            ["accept_losses must name at least one dataset object"],
+            id="accept_losses with an invalid name",
+        ),
+        pytest.param(
             _json({"tables": ["a" * 10] * 7000}),
             [f"bytes; a bootstrap request is at most {MAX_DATA_BYTES}"],
             id="oversized data",
@@ -206,6 +252,37 @@ def test_several_errors_are_reported_together() -> None:
     assert message.count("; ") >= 4
 
 
+def test_a_dry_run_of_a_destructive_request_needs_no_request_id() -> None:
+    request = parse_request(
+        _json({"force_recreate_tables": True, "confirm": "tenants", "dry_run": True}), "m"
+    )
+    assert request.request_id == "m"
+
+
+def test_accepted_losses_are_kept_sorted_once() -> None:
+    request = parse_request(
+        _json(
+            {
+                "request_id": "r",
+                "force_recreate_dataset": True,
+                "confirm": "tenants",
+                "accept_losses": ["v2", "v1", "v2"],
+            }
+        ),
+        "m",
+    )
+    assert request.accept_losses == ("v1", "v2")
+
+
+def test_the_digest_names_the_body_not_the_id() -> None:
+    forced = {"force_recreate_tables": True, "confirm": "tenants", "tables": ["a"]}
+    one = parse_request(_json({**forced, "request_id": "r1"}), "m")
+    same_body = parse_request(_json({**forced, "request_id": "r2"}), "m")
+    other_body = parse_request(_json({**forced, "tables": ["b"], "request_id": "r1"}), "m")
+    assert one.digest == same_body.digest
+    assert one.digest != other_body.digest
+
+
 def test_request_errors_are_permanent() -> None:
     from function.errors import PermanentError
 
@@ -222,7 +299,7 @@ def _settings(allow: bool) -> Settings:
 
 
 def _request(**fields: object) -> BootstrapRequest:
-    return parse_request(_json(fields), "m")
+    return parse_request(_json({"request_id": "r", **fields}), "m")
 
 
 @pytest.mark.parametrize(
