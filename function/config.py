@@ -39,6 +39,9 @@ class Settings:
     state_bucket: str | None = None
     backup_dataset: str = ""
     backup_ttl_days: float = 7.0
+    # The function's own timeout (deploy.sh's --timeout): no destructive step starts after it,
+    # and the request ledger's lease outlives it.
+    timeout: float = 540.0
     emulators: tuple[tuple[str, str], ...] = ()  # the *_EMULATOR_HOST variables that are set
 
     @classmethod
@@ -58,6 +61,7 @@ class Settings:
             "state_bucket": env.get("BOOTSTRAP_STATE_BUCKET") or None,
             "backup_dataset": env.get("BOOTSTRAP_BACKUP_DATASET", ""),
             "backup_ttl_days": _number(env, "BOOTSTRAP_BACKUP_TTL_DAYS", 7.0, float, 0.05, 3650),
+            "timeout": _number(env, "BOOTSTRAP_TIMEOUT", 540.0, float, 10, 3600, unit="s"),
         }
         raw.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(
@@ -82,6 +86,11 @@ class Settings:
         ):
             if not BIGQUERY_NAME.fullmatch(name):
                 raise ConfigError(f"{var}={name!r}: use 1-1024 letters, digits or underscores")
+        if self.backups == self.dataset:
+            raise ConfigError(
+                f"BOOTSTRAP_BACKUP_DATASET={self.backups!r} is the dataset itself: a dataset "
+                "recreation would delete its own backups; name another dataset"
+            )
         if not TOPIC_NAME.fullmatch(self.completion_topic):
             raise ConfigError(f"COMPLETION_TOPIC={self.completion_topic!r} is not a valid topic name")
         if not self.location.strip():
@@ -104,12 +113,14 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
     raise ConfigError(f"{name}={env[name]!r}: use true or false")
 
 
-def _number(env: Mapping[str, str], name: str, default: float, kind: type, low: float, high: float):
+def _number(
+    env: Mapping[str, str], name: str, default: float, kind: type, low: float, high: float, unit: str = ""
+):
     text = env.get(name, "").strip()
     if not text:
         return default
     try:
-        value = kind(text)
+        value = kind(text.removesuffix(unit) if unit else text)  # "540s", as gcloud spells a timeout
     except ValueError:
         what = "a whole number" if kind is int else "a number"
         raise ConfigError(f"{name}={text!r} is not {what}") from None

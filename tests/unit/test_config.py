@@ -26,6 +26,7 @@ def test_defaults() -> None:
         state_bucket=None,
         backup_dataset="",
         backup_ttl_days=7.0,
+        timeout=540.0,
         emulators=(),
     )
     assert s.backups == "tenants_backups"
@@ -47,6 +48,7 @@ def test_every_variable_is_read() -> None:
         "BOOTSTRAP_STATE_BUCKET": "ledger",
         "BOOTSTRAP_BACKUP_DATASET": "registry_bak",
         "BOOTSTRAP_BACKUP_TTL_DAYS": "1",
+        "BOOTSTRAP_TIMEOUT": "300s",
         "BIGQUERY_EMULATOR_HOST": "http://127.0.0.1:9050",
         "PUBSUB_EMULATOR_HOST": "127.0.0.1:8085",
         "STORAGE_EMULATOR_HOST": "",
@@ -60,7 +62,7 @@ def test_every_variable_is_read() -> None:
     )
     assert (s.completion_topic, s.allow_destructive, s.concurrency) == ("done", True, 16)
     assert (s.retry_deadline, s.max_event_age, s.state_bucket) == (2.5, 600.0, "ledger")
-    assert (s.backups, s.backup_ttl_days) == ("registry_bak", 1.0)
+    assert (s.backups, s.backup_ttl_days, s.timeout) == ("registry_bak", 1.0, 300.0)
     assert s.emulators == (
         ("BIGQUERY_EMULATOR_HOST", "http://127.0.0.1:9050"),
         ("PUBSUB_EMULATOR_HOST", "127.0.0.1:8085"),
@@ -166,6 +168,21 @@ def test_allow_destructive_false(value: str) -> None:
             {**PROJECT, "BOOTSTRAP_BACKUP_DATASET": "bak.up"},
             "BOOTSTRAP_BACKUP_DATASET='bak.up'",
             id="backup dataset invalid",
+        ),
+        pytest.param(
+            {**PROJECT, "BOOTSTRAP_BACKUP_DATASET": "tenants"},
+            "BOOTSTRAP_BACKUP_DATASET='tenants' is the dataset itself: a dataset recreation would delete its own backups",
+            id="backup dataset is the dataset",
+        ),
+        pytest.param(
+            {**PROJECT, "BOOTSTRAP_DATASET": "registry", "BOOTSTRAP_BACKUP_DATASET": "registry"},
+            "BOOTSTRAP_BACKUP_DATASET='registry' is the dataset itself",
+            id="backup dataset is the configured dataset",
+        ),
+        pytest.param(
+            {**PROJECT, "BOOTSTRAP_TIMEOUT": "9s"},
+            "BOOTSTRAP_TIMEOUT='9s': must be between 10 and 3600",
+            id="timeout too short",
         ),
         pytest.param(
             {**PROJECT, "COMPLETION_TOPIC": "a b"},
