@@ -1,10 +1,11 @@
 """Backups before any drop, and restores from them.
 
-Before a forced recreation drops a table that holds rows, a copy job copies it into the backup
-dataset (created on first use, in the same location, with a default table expiration so
-backups expire on their own). The copy job's id is derived from the request and the table, so
-a redelivered request finds its own earlier job instead of copying twice. If the backup fails,
-the table is not dropped.
+Before a forced recreation drops a table, whatever it holds, a copy job copies it into the
+backup dataset (created on first use in the same location), and the copy gets an expiration of
+its own. The backup is taken under a fence (`gate.Fence`), and the copy job's id is derived from
+the request, the table and the fence's ledger generation: a retried insert finds its own job,
+while a delivery that took the request over copies the table again, as it is just before its own
+drop. If the backup fails, the table is not dropped.
 """
 
 from __future__ import annotations
@@ -12,16 +13,18 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from google.api_core import exceptions as gexc
 from google.cloud import bigquery
 
 from .bigquery_adapter import BigQueryAdapter
 from .config import Settings
-from .errors import PermanentError, TransientError
+from .errors import PermanentError
+from .gate import Authorization, Fence
+from .model import DatasetSpec
 
 BACKUP_LABEL = "bootstrap-backup"
 
@@ -33,7 +36,6 @@ class Backup:
     rows: int
     created_at: str
     expires_at: str
-    request_id: str
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -49,70 +51,55 @@ class Backups:
     """The backup dataset of the deployment (BOOTSTRAP_BACKUP_DATASET, _TTL_DAYS)."""
 
     def __init__(self, bq: BigQueryAdapter, settings: Settings) -> None:
-        self.bq = bq
-        self.client = bq.client
-        self.ref = bigquery.DatasetReference(self.client.project, settings.backups)
+        self.bq = bq  # the dataset whose tables are backed up
+        self.store = BigQueryAdapter(bq.client, settings.backups, bq.deadline)
         self.location = settings.location
         self.ttl = timedelta(days=settings.backup_ttl_days)
         self._dataset_ready = False
 
-    def backup(self, table: bigquery.Table, request_id: str) -> Backup | None:
-        """Copy `table` into the backup dataset; None when it holds no rows (nothing to lose)."""
-        if not table.num_rows and not table.streaming_buffer:
-            return None
+    def backup(self, table: str, authorization: Authorization) -> Backup:
+        """Copy `table` into the backup dataset, and record the backup in the request's
+        progress; raises (leaving the table in place) if the copy fails."""
         self._ensure_dataset()
+        request_id = authorization.request.request_id
+        fence = authorization.fence(f"the backup of {table}")
         now = datetime.now(UTC)
-        name = backup_name(table.table_id, request_id, now)
-        destination = self.ref.table(name)
-        job_id = (
-            "bootstrap_backup_"
-            + hashlib.sha256(f"{request_id}\0{table.full_table_id}".encode()).hexdigest()[:40]
+        key = hashlib.sha256(f"{request_id}\0{self.bq.ref(table)}\0{fence.generation}".encode()).hexdigest()
+        name = backup_name(table, request_id, now, key)
+        job_id = f"bootstrap_backup_{key[:40]}"
+        self.bq.copy_table(
+            self.bq.ref(table),
+            self.store.ref(name),
+            job_id=job_id,
+            write_disposition="WRITE_EMPTY",
+            wait=self.bq.deadline,
         )
-        config = bigquery.CopyJobConfig(write_disposition="WRITE_EMPTY")
-        try:
-            try:
-                job = self.bq.call(
-                    "copy_table", table.reference, destination, job_id=job_id, job_config=config
-                )
-            except gexc.Conflict:  # a redelivery: this request's copy job exists already
-                job = self.bq.call("get_job", job_id)
-            job.result(timeout=self.bq.deadline)
-            copy = self.bq.call("get_table", job.destination)
-        except TransientError:
-            raise
-        except (gexc.GoogleAPICallError, TimeoutError) as exc:
-            raise PermanentError(f"backup of {table.table_id} failed, so it was not dropped: {exc}") from exc
         expires = now + self.ttl
-        copy.expires = expires
-        copy.labels = {BACKUP_LABEL: "true"}
-        copy.description = json.dumps(
-            {
-                "backup_of": f"{table.dataset_id}.{table.table_id}",
-                "request_id": request_id,
-                "rows": table.num_rows,
-            }
+        meta = {"backup_of": f"{self.bq.dataset_ref.dataset_id}.{table}", "request_id": request_id}
+        copy = self.store.set_table_options(
+            name, expires=expires, labels={BACKUP_LABEL: "true"}, description=json.dumps(meta)
         )
-        self.bq.call("update_table", copy, ["expires", "labels", "description"])
-        return Backup(
-            table=table.table_id,
+        backup = Backup(
+            table=table,
             backup=f"{copy.project}.{copy.dataset_id}.{copy.table_id}",
-            rows=int(table.num_rows or 0),
+            rows=int(copy.num_rows or 0),
             created_at=_iso(now),
             expires_at=_iso(expires),
-            request_id=request_id,
         )
+        authorization.progress.record_backup(backup.to_json())
+        return backup
 
     def list(self) -> list[dict[str, Any]]:
         """The backups, newest first, with what each is a backup of."""
-        out = []
-        try:
-            items = list(self.bq.call("list_tables", self.ref))
-        except gexc.NotFound:
+        if self.store.get_dataset()[1] is None:
             return []
-        for item in items:
-            table = self.bq.call("get_table", item.reference)
-            meta = _meta(table)
-            if meta is None:
+        out = []
+        for item in self.store.inventory():
+            if item.kind != "TABLE":
+                continue
+            _, table = self.store.get_table(item.name)
+            meta = _meta(table) if table is not None else None
+            if table is None or meta is None:
                 continue
             out.append(
                 {
@@ -126,50 +113,54 @@ class Backups:
             )
         return sorted(out, key=lambda b: b["created"] or "", reverse=True)
 
-    def restore(self, backup: str, target: str | None, *, overwrite: bool) -> dict[str, Any]:
-        """Copy a backup back. A target that holds rows is overwritten only when `overwrite`."""
-        try:
-            source = self.bq.call("get_table", self.ref.table(backup))
-        except gexc.NotFound:
+    def find(self, backup: str) -> tuple[bigquery.Table, str]:
+        """A backup made by this tool, and the table it is a backup of."""
+        _, source = self.store.get_table(backup)
+        if source is None:
             raise PermanentError(
-                f"no backup {backup!r} in {self.ref.dataset_id}; `backups` lists them"
-            ) from None
+                f"no backup {backup!r} in {self.store.dataset_ref.dataset_id}; `backups` lists them"
+            )
         meta = _meta(source)
         if meta is None:
             raise PermanentError(f"{backup!r} is not a backup made by this tool")
-        target = target or meta["backup_of"].split(".")[-1]
-        destination = self.bq.dataset_ref.table(target)
-        _, current = self.bq.get_table(target)
-        if current is not None and current.num_rows and not overwrite:
-            raise PermanentError(
-                f"{target} holds {current.num_rows} rows; restoring would replace them. "
-                "Pass --force --confirm DATASET to overwrite, or --to ANOTHER_TABLE"
-            )
-        config = bigquery.CopyJobConfig(write_disposition="WRITE_TRUNCATE")
-        job = self.bq.call("copy_table", source.reference, destination, job_config=config)
-        job.result(timeout=self.bq.deadline)
+        return source, meta["backup_of"].split(".")[-1]
+
+    def restore(self, source: bigquery.Table, target: str, fence: Fence | None) -> dict[str, Any]:
+        """Copy a backup into `target`. Without a fence the copy only writes into a table that
+        is missing or empty (BigQuery itself refuses it otherwise); with one (from the gate,
+        after backing the target up) it replaces what the target holds."""
+        self.bq.copy_table(
+            source.reference,
+            self.bq.ref(target),
+            job_id=f"bootstrap_restore_{datetime.now(UTC):%Y%m%dT%H%M%S}_{uuid.uuid4().hex[:12]}",
+            write_disposition="WRITE_TRUNCATE" if fence is not None else "WRITE_EMPTY",
+            wait=self.bq.deadline,
+            fence=fence,
+        )
         return {
-            "backup": backup,
-            "restored_to": f"{destination.dataset_id}.{target}",
+            "backup": source.table_id,
+            "restored_to": f"{self.bq.dataset_ref.dataset_id}.{target}",
             "rows": source.num_rows,
         }
 
     def _ensure_dataset(self) -> None:
         if self._dataset_ready:
             return
-        dataset = bigquery.Dataset(self.ref)
-        dataset.location = self.location
-        dataset.default_table_expiration_ms = int(self.ttl.total_seconds() * 1000)
-        dataset.description = "Backups taken before forced recreations; each table expires on its own."
-        self.bq.call("create_dataset", dataset, exists_ok=True)
+        if self.store.get_dataset()[1] is None:
+            about = "Backups taken before forced recreations; each table expires on its own."
+            self.store.create_dataset(
+                DatasetSpec(self.store.dataset_ref.dataset_id, self.location, about),
+                # The copies carry their own expiration; this one catches a copy whose own
+                # could not be set.
+                default_table_expiration_ms=int(self.ttl.total_seconds() * 1000),
+            )
         self._dataset_ready = True
 
 
-def backup_name(table: str, request_id: str, when: datetime) -> str:
-    """<table>__<UTC time>__<request id, made table-safe>_<hash>: unique, sortable, readable."""
+def backup_name(table: str, request_id: str, when: datetime, key: str) -> str:
+    """<table>__<UTC time>__<request id, made table-safe>_<key>: unique, sortable, readable."""
     slug = re.sub(r"[^A-Za-z0-9_]", "_", request_id)[:40]
-    digest = hashlib.sha256(request_id.encode()).hexdigest()[:8]
-    return f"{table}__{when.strftime('%Y%m%dT%H%M%SZ')}__{slug}_{digest}"
+    return f"{table}__{when.strftime('%Y%m%dT%H%M%SZ')}__{slug}_{key[:8]}"
 
 
 def _meta(table: bigquery.Table) -> dict[str, Any] | None:

@@ -11,7 +11,10 @@ for the quota that other processes of the same user spend.
 
 from __future__ import annotations
 
-from typing import Any
+import concurrent.futures
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import requests.adapters
 import requests.exceptions
@@ -22,9 +25,12 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
 from .config import REQUEST_TIMEOUT, Settings
-from .errors import TransientError
+from .errors import PermanentError, TransientError
 from .model import Column, DatasetSpec, TableSpec, TimePartitioning, canonical_type, sorted_labels
 from .ratelimit import RateLimitedAdapter, RateLimiter, shared_limiter
+
+if TYPE_CHECKING:
+    from .gate import Fence
 
 _TRANSIENT_TYPES = (
     gexc.TooManyRequests,
@@ -80,8 +86,22 @@ def make_client(
     return client
 
 
+@dataclass(frozen=True)
+class DatasetObject:
+    """Something a dataset holds: a table (kind TABLE) can be backed up by a copy job; views,
+    materialized views, external tables, snapshots, routines and models cannot."""
+
+    name: str
+    kind: str
+
+
 class BigQueryAdapter:
-    """The dataset's tables as `TableSpec`s, and the writes that change them."""
+    """One dataset, through the official client: its state as `DatasetSpec`/`TableSpec`, and
+    the writes that change it.
+
+    The one place that sees the client's exceptions: each method returns a lost race (409 on a
+    create, 412 on a patch with a stale etag) as its result, and raises only `TransientError`
+    (retried past the deadline) or `PermanentError` (with BigQuery's message)."""
 
     def __init__(self, client: bigquery.Client, dataset: str, retry_deadline: float) -> None:
         self.client = client
@@ -89,52 +109,97 @@ class BigQueryAdapter:
         self._retry = make_retry(retry_deadline)
         self.deadline = retry_deadline
 
-    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    def ref(self, table: str) -> bigquery.TableReference:
+        return self.dataset_ref.table(table)
+
+    def _call(self, what: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """`method(*args, **kwargs)` with the retry policy and timeout; errors translated, except
+        NotFound, Conflict and PreconditionFailed, which the caller turns into results."""
         try:
-            return getattr(self.client, method)(*args, retry=self._retry, timeout=REQUEST_TIMEOUT, **kwargs)
-        except gexc.RetryError as exc:
-            raise TransientError(
-                f"BigQuery {method} kept failing for {self.deadline:g} s: {exc.cause}"
-            ) from exc
-        except Exception as exc:
-            if is_transient(exc):
-                raise TransientError(f"BigQuery {method} failed: {exc}") from exc
+            return method(*args, retry=self._retry, timeout=REQUEST_TIMEOUT, **kwargs)
+        except (gexc.NotFound, gexc.Conflict, gexc.PreconditionFailed):
             raise
+        except Exception as exc:
+            raise translate(exc, f"BigQuery {what}", self.deadline) from exc
+
+    def _expect(self, what: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """`_call` where any answer but success is an error, NotFound and conflicts included."""
+        try:
+            return self._call(what, method, *args, **kwargs)
+        except (gexc.NotFound, gexc.Conflict, gexc.PreconditionFailed) as exc:
+            raise PermanentError(f"BigQuery refused to {what}: {exc.message}") from exc
 
     # --- dataset ----------------------------------------------------------------------------
 
     def get_dataset(self) -> tuple[DatasetSpec | None, bigquery.Dataset | None]:
         try:
-            ds = self.call("get_dataset", self.dataset_ref)
+            ds = self._call(
+                f"read dataset {self.dataset_ref.dataset_id}", self.client.get_dataset, self.dataset_ref
+            )
         except gexc.NotFound:
             return None, None
         return dataset_spec(ds), ds
 
-    def create_dataset(self, spec: DatasetSpec) -> bool:
-        """Create it; False when another writer created it first (409)."""
+    def create_dataset(
+        self, spec: DatasetSpec, access: list[bigquery.AccessEntry] | None = None, **settings: Any
+    ) -> bool:
+        """Create it; False when another writer created it first (409). `access`: the access
+        entries it starts with (a recreation keeps the old dataset's grants), else BigQuery's
+        defaults. `settings`: other Dataset properties (default_table_expiration_ms...)."""
         ds = bigquery.Dataset(self.dataset_ref)
         ds.location = spec.location
         ds.description = spec.description or None
         ds.labels = spec.label_dict
+        if access is not None:
+            ds.access_entries = access
+        for name, value in settings.items():
+            setattr(ds, name, value)
         try:
-            self.call("create_dataset", ds)
+            self._call(f"create dataset {spec.name}", self.client.create_dataset, ds)
         except gexc.Conflict:
             return False
         return True
 
-    def patch_dataset(self, ds: bigquery.Dataset, patch: dict[str, Any]) -> None:
+    def patch_dataset(self, ds: bigquery.Dataset, patch: dict[str, Any]) -> bool:
+        """datasets.patch of exactly the changed properties, conditioned on the etag read;
+        False when the dataset changed meanwhile (412)."""
         for name, value in patch.items():
             setattr(ds, name, value)
-        self.call("update_dataset", ds, list(patch))
+        try:
+            self._expect_race(f"update dataset {ds.dataset_id}", self.client.update_dataset, ds, list(patch))
+        except gexc.PreconditionFailed:
+            return False
+        return True
 
-    def delete_dataset(self) -> None:
-        self.call("delete_dataset", self.dataset_ref, delete_contents=True, not_found_ok=True)
+    def delete_dataset(self, fence: Fence) -> None:
+        """Drop the dataset and everything in it: only with a fence, checked right before."""
+        fence.check()
+        self._expect(
+            f"delete dataset {self.dataset_ref.dataset_id}",
+            self.client.delete_dataset,
+            self.dataset_ref,
+            delete_contents=True,
+            not_found_ok=True,
+        )
+
+    def inventory(self) -> list[DatasetObject]:
+        """Everything the dataset holds: tables, views and the like, routines, models."""
+        name = self.dataset_ref.dataset_id
+        tables = self._expect(f"list the tables of {name}", self.client.list_tables, self.dataset_ref)
+        routines = self._expect(f"list the routines of {name}", self.client.list_routines, self.dataset_ref)
+        models = self._expect(f"list the models of {name}", self.client.list_models, self.dataset_ref)
+        return sorted(
+            [DatasetObject(t.table_id, t.table_type or "TABLE") for t in tables]
+            + [DatasetObject(r.routine_id, "ROUTINE") for r in routines]
+            + [DatasetObject(m.model_id, "MODEL") for m in models],
+            key=lambda o: (o.name, o.kind),
+        )
 
     # --- tables -----------------------------------------------------------------------------
 
     def get_table(self, name: str) -> tuple[TableSpec | None, bigquery.Table | None]:
         try:
-            table = self.call("get_table", self.dataset_ref.table(name))
+            table = self._call(f"read table {name}", self.client.get_table, self.ref(name))
         except gexc.NotFound:
             return None, None
         return table_spec(table), table
@@ -142,14 +207,16 @@ class BigQueryAdapter:
     def create_table(self, spec: TableSpec) -> bool:
         """Create it; False when another writer created it first (409)."""
         try:
-            self.call("create_table", new_table(self.dataset_ref, spec))
+            self._call(
+                f"create table {spec.name}", self.client.create_table, new_table(self.dataset_ref, spec)
+            )
         except gexc.Conflict:
             return False
         return True
 
-    def patch_table(self, table: bigquery.Table, patch: dict[str, Any]) -> None:
-        """tables.patch of exactly the changed properties; the etag makes a concurrent change
-        fail with 412 (PreconditionFailed) instead of being overwritten."""
+    def patch_table(self, table: bigquery.Table, patch: dict[str, Any]) -> bool:
+        """tables.patch of exactly the changed properties, conditioned on the etag read; False
+        when the table changed meanwhile (412): the caller re-reads and plans again."""
         fields = []
         for name, value in patch.items():
             if name == "schema":
@@ -163,10 +230,84 @@ class BigQueryAdapter:
             else:
                 setattr(table, name, value)
             fields.append(name)
-        self.call("update_table", table, fields)
+        try:
+            self._expect_race(f"update table {table.table_id}", self.client.update_table, table, fields)
+        except gexc.PreconditionFailed:
+            return False
+        return True
 
-    def delete_table(self, name: str) -> None:
-        self.call("delete_table", self.dataset_ref.table(name), not_found_ok=True)
+    def delete_table(self, name: str, fence: Fence) -> None:
+        """Drop a table: only with a fence, checked right before."""
+        fence.check()
+        self._expect(f"delete table {name}", self.client.delete_table, self.ref(name), not_found_ok=True)
+
+    def has_rows(self, name: str) -> bool:
+        """Does the table hold a row? Asked of the rows themselves (one page of one row), not of
+        the metadata's row count, which lags behind streamed and DML-written rows."""
+        rows = self._expect(f"read the rows of {name}", self.client.list_rows, self.ref(name), max_results=1)
+        return any(True for _ in rows)
+
+    # --- jobs -------------------------------------------------------------------------------
+
+    def copy_table(
+        self,
+        source: bigquery.TableReference,
+        destination: bigquery.TableReference,
+        *,
+        job_id: str,
+        write_disposition: str,
+        wait: float,
+        fence: Fence | None = None,
+    ) -> None:
+        """Run a copy job and wait for it. `job_id` makes a retried insert find its own job
+        (409) instead of starting another. A copy that may replace rows (WRITE_TRUNCATE) needs
+        a fence, checked right before."""
+        what = f"copy {source.table_id} to {destination.dataset_id}.{destination.table_id}"
+        if write_disposition != "WRITE_EMPTY":
+            if fence is None:
+                raise PermanentError(f"refused to {what} over its rows without the gate's fence")
+            fence.check()
+        config = bigquery.CopyJobConfig(write_disposition=write_disposition)
+        try:
+            job = self._call(
+                what, self.client.copy_table, source, destination, job_id=job_id, job_config=config
+            )
+        except gexc.Conflict:
+            job = self._expect(f"read job {job_id}", self.client.get_job, job_id)
+        try:
+            job.result(timeout=wait)
+        except Exception as exc:
+            raise translate(exc, f"BigQuery job {job_id} ({what})", wait) from exc
+
+    def set_table_options(self, name: str, **options: Any) -> bigquery.Table:
+        """Set properties of a table this tool just made (a backup)."""
+        table = self._expect(f"read table {name}", self.client.get_table, self.ref(name))
+        for key, value in options.items():
+            setattr(table, key, value)
+        return self._expect(f"update table {name}", self.client.update_table, table, list(options))
+
+    def _expect_race(self, what: str, method: Callable[..., Any], *args: Any) -> Any:
+        """`_call` for a conditional write: PreconditionFailed stays (the caller's lost race),
+        anything else but success is an error."""
+        try:
+            return self._call(what, method, *args)
+        except (gexc.NotFound, gexc.Conflict) as exc:
+            raise PermanentError(f"BigQuery refused to {what}: {exc.message}") from exc
+
+
+def translate(exc: Exception, what: str, deadline: float) -> Exception:
+    """A client exception as the project's own: TransientError when waiting or delivering again
+    may help, else PermanentError with the API's message. (An exception that is not the
+    client's is a bug: it is not reported as BigQuery's answer, and not retried forever.)"""
+    if isinstance(exc, gexc.RetryError):
+        return TransientError(f"{what} kept failing for {deadline:g} s: {exc.cause}")
+    if isinstance(exc, concurrent.futures.TimeoutError):
+        return TransientError(f"{what} did not finish within {deadline:g} s")
+    if is_transient(exc):
+        return TransientError(f"{what} failed: {exc}")
+    if isinstance(exc, gexc.GoogleAPICallError):
+        return PermanentError(f"{what} was refused: {exc.message}")
+    return PermanentError(f"{what} failed unexpectedly: {type(exc).__name__}: {exc}")
 
 
 # --- conversions between the API's resources and the normalised model -----------------------

@@ -14,18 +14,21 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from . import runner
+from . import gate, runner
 from .backups import Backups
-from .bigquery_adapter import BigQueryAdapter
 from .config import BUNDLED_SCHEMAS, Settings
 from .engine import EnsureResult, TableResult
 from .errors import PermanentError, TransientError
+from .events import Trigger
+from .handler import Report
+from .model import DeclaredState
 from .publish import CompletionWatch, publish_request
-from .request import request_from_fields
+from .request import BootstrapRequest, request_from_fields
 from .sync import sync_folder, upload_file
 
 SYMBOLS = {
@@ -78,18 +81,49 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _apply(args: argparse.Namespace) -> int:
+    started = time.monotonic()
     settings = _settings(args)
     fields = {
+        "request_id": args.request_id or _local_id(),
         "tables": args.tables,
         "dry_run": args.dry_run or None,
         "force_recreate_tables": args.force_recreate_tables or None,
         "force_recreate_dataset": args.force_recreate_dataset or None,
         "confirm": args.confirm,
+        "accept_losses": args.accept_losses,
     }
     request = request_from_fields({k: v for k, v in fields.items() if v is not None}, _local_id())
-    result = runner.run(request, settings, runner.load_declared(settings))
-    print(render(result, planning=request.dry_run))
+    declared = runner.load_declared(settings)
+    if not request.destructive or request.dry_run:
+        result = runner.run(request, settings, declared)
+        print(render(result, planning=request.dry_run))
+        return 1 if result.status == "failed" else 0
+    granted = _authorize(request, declared, settings, started)
+    if not isinstance(granted, gate.Authorization):
+        print(render_event({**granted.result, "duplicate": True}))  # type: ignore[dict-item]
+        return 1 if granted.result["status"] == "failed" else 0  # type: ignore[index]
+    result = runner.run(request, settings, declared, authorization=granted)
+    if settings.state_bucket:
+        trigger = Trigger("cli", request.request_id, "python -m function apply", None, None)
+        granted.progress.finish(
+            Report(settings, trigger, request.request_id).data(result, digest=declared.digest)
+        )  # type: ignore[attr-defined]
+    print(render(result, planning=False))
     return 1 if result.status == "failed" else 0
+
+
+def _authorize(
+    request: BootstrapRequest, declared: DeclaredState | None, settings: Settings, started: float
+) -> gate.Authorization | Any:
+    """The gate, with the request ledger when BOOTSTRAP_STATE_BUCKET is set."""
+    ledger = runner.ledger(settings) if settings.state_bucket else None
+    if ledger is None:
+        print(
+            "warning: BOOTSTRAP_STATE_BUCKET is not set, so this run is not recorded in the request "
+            "ledger: running the same command again will recreate again",
+            file=sys.stderr,
+        )
+    return gate.authorize(request, declared, settings, ledger, started=started)
 
 
 def _publish(args: argparse.Namespace) -> int:
@@ -143,7 +177,7 @@ def _upload(args: argparse.Namespace) -> int:
 
 def _backups(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    backups = _backup_store(settings).list()
+    backups = Backups(runner.bigquery_adapter(settings), settings).list()
     if not backups:
         print(f"no backups in {settings.backups}")
     for b in backups:
@@ -157,17 +191,39 @@ def _backups(args: argparse.Namespace) -> int:
 
 
 def _restore(args: argparse.Namespace) -> int:
+    started = time.monotonic()
     settings = _settings(args)
-    if args.force and args.confirm != settings.dataset:
-        raise PermanentError(f"--force overwrites rows: add --confirm {settings.dataset} (the dataset id)")
-    done = _backup_store(settings).restore(args.backup, args.to, overwrite=args.force)
+    store = Backups(runner.bigquery_adapter(settings), settings)
+    source, backed_up = store.find(args.backup)
+    target = args.to or backed_up
+    fence = None
+    if store.bq.get_table(target)[1] is not None and store.bq.has_rows(target):
+        if not args.force:
+            raise PermanentError(
+                f"{target} holds rows; restoring would replace them. Pass --force --confirm "
+                f"{settings.dataset} --allow-destructive to overwrite (it is backed up first), or "
+                "--to ANOTHER_TABLE"
+            )
+        # Replacing rows is destructive work like any other: the same gate, and a backup first.
+        request = request_from_fields(
+            {
+                "request_id": args.request_id or _local_id(),
+                "force_recreate_tables": True,
+                "confirm": args.confirm or "",
+            },
+            "",
+        )
+        granted = _authorize(request, None, settings, started)
+        if not isinstance(granted, gate.Authorization):
+            raise PermanentError(
+                f"request {request.request_id} already ran; give this restore a new --request-id"
+            )
+        backup = store.backup(target, granted)
+        print(f"backed up {target} ({backup.rows} rows) to {backup.backup}")
+        fence = granted.fence(f"the restore over {target}")
+    done = store.restore(source, target, fence)
     print(f"restored {done['backup']} ({done['rows']} rows) to {done['restored_to']}")
     return 0
-
-
-def _backup_store(settings: Settings) -> Backups:
-    adapter = BigQueryAdapter(runner.bigquery_client(settings), settings.dataset, settings.retry_deadline)
-    return Backups(adapter, settings)
 
 
 def _target(args: argparse.Namespace, settings: Settings) -> str:
@@ -244,6 +300,13 @@ def _parser() -> argparse.ArgumentParser:
     force.add_argument("--force-recreate-dataset", action="store_true", help="drop and recreate the dataset")
     apply.add_argument("--confirm", metavar="DATASET", help="the dataset id, required with a force flag")
     apply.add_argument(
+        "--accept-losses",
+        nargs="+",
+        metavar="OBJECT",
+        help="with --force-recreate-dataset: views, routines, models... that may be lost unbacked",
+    )
+    apply.add_argument("--request-id", help="idempotency key of a forced run (default: a new id)")
+    apply.add_argument(
         "--allow-destructive",
         action="store_true",
         help="give this run the deployment's consent (ALLOW_DESTRUCTIVE) to recreate",
@@ -290,5 +353,11 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument("--to", metavar="TABLE", help="target table (default: the table it backs up)")
     restore.add_argument("--force", action="store_true", help="overwrite a target that holds rows")
     restore.add_argument("--confirm", metavar="DATASET", help="the dataset id, required with --force")
+    restore.add_argument(
+        "--allow-destructive",
+        action="store_true",
+        help="give this run the deployment's consent (ALLOW_DESTRUCTIVE) to overwrite rows",
+    )
+    restore.add_argument("--request-id", help="idempotency key of an overwriting restore (default: a new id)")
     restore.set_defaults(handler=_restore)
     return parser

@@ -3,7 +3,8 @@
 Reads are issued at once (the dataset on the calling thread, the tables on a bounded pool),
 writes wait only for what they depend on (the dataset), a table that already matches gets no
 write at all, and anything BigQuery cannot change in place is left untouched and reported as
-blocked unless the request forces a recreation that the deployment allows and `confirm` names.
+blocked. Nothing is dropped without an `Authorization` from the gate: its fences come before
+every backup and every drop.
 """
 
 from __future__ import annotations
@@ -11,15 +12,16 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
-from google.api_core import exceptions as gexc
 from google.cloud import bigquery
 
-from .backups import Backup, Backups
-from .bigquery_adapter import BigQueryAdapter
+from .backups import Backups
+from .bigquery_adapter import BigQueryAdapter, DatasetObject
 from .config import Settings
-from .errors import PermanentError, RefusedError, RequestError, TransientError
-from .model import DatasetSpec, DeclaredState, TableSpec
+from .errors import PermanentError, RefusedError, TransientError
+from .gate import DATASET_STEP, Authorization, check_consents, select_tables
+from .model import DatasetSpec, DeclaredState
 from .plan import Action, DatasetPlan, TablePlan, plan_dataset, plan_table
 from .request import BootstrapRequest
 
@@ -31,7 +33,6 @@ PAST_TENSE = {
     Action.RECREATE: "recreated",
 }
 MAX_ATTEMPTS = 3  # re-plans after losing a race (409 on create, 412 on patch)
-DATASET_STEP = "(dataset)"  # the progress key of a forced dataset recreation
 
 
 @dataclass(frozen=True)
@@ -53,18 +54,21 @@ class TableResult:
 @dataclass
 class EnsureResult:
     dataset: str
-    dataset_action: str  # created | updated | unchanged | recreated | blocked
+    dataset_action: str  # created | updated | unchanged | recreated | blocked | failed
     dry_run: bool
     dataset_changes: tuple[str, ...] = ()
     dataset_error: str | None = None
     tables: list[TableResult] = field(default_factory=list)
-    backups: list[Backup] = field(default_factory=list)
+    backups: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def status(self) -> str:
+        """A dry run whose reads failed did not plan anything: it failed. Blocked changes are
+        a plan's result, and a failure of a run that applies."""
+        failed = self.dataset_action == "failed" or any(t.action == "failed" for t in self.tables)
         if self.dry_run:
-            return "planned"
-        if self.dataset_error or any(t.action in ("blocked", "failed") for t in self.tables):
+            return "failed" if failed else "planned"
+        if failed or self.dataset_error or any(t.action == "blocked" for t in self.tables):
             return "failed"
         return "succeeded"
 
@@ -75,70 +79,40 @@ class EnsureResult:
         return out
 
 
-def select_tables(declared: DeclaredState, wanted: tuple[str, ...] | None) -> list[str]:
-    if wanted is None:
-        return sorted(declared.tables)
-    unknown = [t for t in wanted if t not in declared.tables]
-    if unknown:
-        raise RequestError(
-            f"unknown table(s) {', '.join(unknown)}; the schema source declares: {', '.join(sorted(declared.tables))}"
-        )
-    return list(wanted)
-
-
-def authorize(request: BootstrapRequest, settings: Settings) -> None:
-    """A forced recreation needs three consents: the request's flag, the deployment's
-    ALLOW_DESTRUCTIVE, and `confirm` equal to the dataset id. A dry run only plans, so it
-    does not need the deployment's consent."""
-    if not request.destructive:
-        return
-    problems = []
-    if request.confirm != settings.dataset:
-        problems.append(
-            f'set "confirm": "{settings.dataset}" (the dataset id) to confirm a forced recreation'
-        )
-    if not settings.allow_destructive and not request.dry_run:
-        problems.append("this deployment does not allow destructive requests (ALLOW_DESTRUCTIVE is not true)")
-    if problems:
-        raise RefusedError("refused to recreate anything: " + "; ".join(problems) + ". Nothing was changed.")
-
-
 class Engine:
-    """One run: plan, then (unless dry run) apply, for the selected tables."""
+    """Plans and applies the declared state over one dataset."""
 
     def __init__(self, declared: DeclaredState, settings: Settings, bq: BigQueryAdapter) -> None:
         self.declared = declared
         self.settings = settings
         self.bq = bq
-        self.backups = Backups(bq, settings)
 
     def ensure(
         self,
         request: BootstrapRequest,
         *,
+        authorization: Authorization | None = None,
         dataset_updates: bool = True,
-        progress: Progress | None = None,
     ) -> EnsureResult:
-        """`dataset_updates=False` (a single table's upload) still creates a missing dataset but
-        leaves its description and labels to the manifest's own upload. `progress` records each
-        forced recreation as it is done (the request ledger), and skips the ones an earlier,
-        interrupted delivery of the same request already did."""
+        """Plan, then (unless a dry run) apply, for the request's tables.
+
+        A destructive request that is not a dry run needs its `authorization` from
+        `gate.authorize`; nothing else makes the engine drop anything. `dataset_updates=False`
+        (a single table's upload) still creates a missing dataset but leaves its description and
+        labels to the manifest's own upload."""
         names = select_tables(self.declared, request.tables)
-        authorize(request, self.settings)
-        run = _Run(self, request, dataset_updates, progress or Progress())
+        check_consents(request, self.settings)
+        if request.destructive and not request.dry_run and authorization is None:
+            raise RefusedError("a destructive request reached the engine without the gate's authorization")
+        run = _Convergence(self, request, authorization, dataset_updates)
         # The pool only hides latency: wide enough to keep BigQuery's per-user rate busy (see
         # the README's Performance section); the rate limiter, not its size, keeps us under it.
         with ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="ensure") as pool:
             futures = [pool.submit(run.table, name) for name in names]
             try:
                 result = run.dataset()
-            except gexc.GoogleAPICallError as exc:
-                run.dataset_failed = (
-                    f"BigQuery refused to ensure dataset {self.settings.dataset}: {exc.message}"
-                )
-                raise PermanentError(run.dataset_failed) from exc
             except BaseException as exc:
-                run.dataset_failed = f"dataset step failed: {exc}"
+                run.dataset_failed = f"the dataset step failed: {exc}"
                 raise
             finally:
                 run.dataset_ready.set()  # release the table workers, also when the dataset step raised
@@ -150,49 +124,57 @@ class Engine:
             if isinstance(outcome, BaseException):
                 raise outcome
         result.tables = outcomes  # type: ignore[assignment]
+        if authorization is not None:
+            result.backups = authorization.progress.backups
         return result
 
 
-class _Run:
+class _Convergence:
+    """One ensure pass: the dataset step on the calling thread, one table step per worker."""
+
     def __init__(
-        self, engine: Engine, request: BootstrapRequest, dataset_updates: bool, progress: Progress
+        self,
+        engine: Engine,
+        request: BootstrapRequest,
+        authorization: Authorization | None,
+        dataset_updates: bool,
     ) -> None:
-        self.engine = engine
-        self.dataset_updates = dataset_updates
-        self.progress = progress
-        self.backups: list[Backup] = []
-        self.lock = threading.Lock()
+        self.declared = engine.declared
+        self.settings = engine.settings
         self.bq = engine.bq
+        self.backups = Backups(engine.bq, engine.settings)
         self.request = request
+        self.authorization = authorization
+        self.dataset_updates = dataset_updates
+        self.done = authorization.done if authorization else frozenset()
         self.dataset_ready = threading.Event()
         self.fresh = False  # the dataset was (re)created by this run: every table is missing
         self.dataset_failed: str | None = None
 
+    # --- the dataset ------------------------------------------------------------------------
+
     def dataset(self) -> EnsureResult:
-        settings = self.engine.settings
-        declared = self.engine.declared.dataset(settings.dataset, settings.location)
-        actual, obj = self.bq.get_dataset()
-        recreate = self.request.force_recreate_dataset and DATASET_STEP not in self.progress.done
-        plan = self._plan_dataset(declared, actual, recreate=recreate)
-        result = EnsureResult(
-            settings.dataset,
-            PAST_TENSE[plan.action],
-            self.request.dry_run,
-            plan.changes,
-            backups=self.backups,
-        )
-        if plan.action is Action.BLOCKED:
-            result.dataset_error = "; ".join(plan.blocked)
-        if plan.action in (Action.CREATE, Action.RECREATE):
-            self.fresh = True
-        if not self.request.dry_run and not self._apply_dataset(plan, declared, obj):
-            # Another run created it first: compare with what it made, and read the tables.
+        declared = self.declared.dataset(self.settings.dataset, self.settings.location)
+        recreate = self.request.force_recreate_dataset and DATASET_STEP not in self.done
+        result = EnsureResult(self.settings.dataset, "unchanged", self.request.dry_run)
+        try:
+            for _ in range(MAX_ATTEMPTS):
+                actual, obj = self.bq.get_dataset()
+                plan = self._plan_dataset(declared, actual, recreate=recreate)
+                result.dataset_action, result.dataset_changes = PAST_TENSE[plan.action], plan.changes
+                if plan.action is Action.BLOCKED:
+                    result.dataset_error = "; ".join(plan.blocked)
+                objects = self._check_losses() if plan.action is Action.RECREATE else []
+                self.fresh = plan.action in (Action.CREATE, Action.RECREATE)
+                if self.request.dry_run or self._apply_dataset(plan, declared, obj, objects):
+                    return result
+                recreate = False  # lost a race to another writer: compare with what it left
+            raise PermanentError("the dataset kept changing under concurrent writers; run again")
+        except PermanentError as exc:
             self.fresh = False
-            actual, obj = self.bq.get_dataset()
-            plan = self._plan_dataset(declared, actual, recreate=False)
-            result.dataset_action, result.dataset_changes = PAST_TENSE[plan.action], plan.changes
-            self._apply_dataset(plan, declared, obj)
-        return result
+            self.dataset_failed = result.dataset_error = str(exc)
+            result.dataset_action = "failed"
+            return result
 
     def _plan_dataset(
         self, declared: DatasetSpec, actual: DatasetSpec | None, *, recreate: bool
@@ -202,82 +184,105 @@ class _Run:
             return DatasetPlan(plan.dataset, Action.UNCHANGED)
         return plan
 
-    def _apply_dataset(self, plan: DatasetPlan, declared: DatasetSpec, obj: bigquery.Dataset | None) -> bool:
-        """Apply the dataset's plan; False when its create lost a race (409)."""
+    def _check_losses(self) -> list[DatasetObject]:
+        """A dataset recreation deletes everything in the dataset. Tables are backed up; what
+        cannot be (views, routines, models, ...) must each be accepted as a loss by name.
+        Returns what the dataset holds."""
+        objects = self.bq.inventory()
+        unaccepted = [o for o in objects if o.kind != "TABLE" and o.name not in self.request.accept_losses]
+        if unaccepted:
+            names = ", ".join(f"{o.name} ({o.kind.lower().replace('_', ' ')})" for o in unaccepted)
+            raise RefusedError(
+                f"refused to recreate the dataset: it holds {names}, which cannot be backed up and "
+                "would be lost. Save them elsewhere, or list each in the request's accept_losses. "
+                "Nothing was changed."
+            )
+        return objects
+
+    def _apply_dataset(
+        self,
+        plan: DatasetPlan,
+        declared: DatasetSpec,
+        obj: bigquery.Dataset | None,
+        objects: list[DatasetObject],
+    ) -> bool:
+        """Apply the dataset's plan; False when it lost a race (409 on create, 412 on patch)."""
         if plan.action is Action.RECREATE:
-            for item in self.bq.call("list_tables", self.bq.dataset_ref):
-                self._backup(self.bq.call("get_table", item.reference))
-            self.bq.delete_dataset()
-            self.bq.create_dataset(declared)
-            self.progress.record(DATASET_STEP)
-        elif plan.action is Action.CREATE:
-            return self.bq.create_dataset(declared)
-        elif plan.action is Action.UPDATE:
-            self.bq.patch_dataset(obj, plan.patch)
+            self._recreate_dataset(declared, obj, objects)
+            return True
+        if plan.action is Action.CREATE:
+            created = self.bq.create_dataset(declared)
+            if created and self.request.force_recreate_dataset:
+                self._authorization().progress.record(DATASET_STEP)  # an interrupted recreation, finished
+            return created
+        if plan.action is Action.UPDATE:
+            return self.bq.patch_dataset(obj, plan.patch)  # type: ignore[arg-type]
         return True
 
+    def _recreate_dataset(
+        self, declared: DatasetSpec, obj: bigquery.Dataset | None, objects: list[DatasetObject]
+    ) -> None:
+        authorization = self._authorization()
+        for item in objects:
+            if item.kind == "TABLE":
+                self.backups.backup(item.name, authorization)
+        self.bq.delete_dataset(authorization.fence("the drop of the dataset"))
+        # The new dataset keeps the old one's grants, so the function never becomes its owner.
+        self.bq.create_dataset(declared, access=list(obj.access_entries) if obj is not None else None)
+        authorization.progress.record(DATASET_STEP)
+
+    # --- one table --------------------------------------------------------------------------
+
     def table(self, name: str) -> TableResult:
-        spec = self.engine.declared.tables[name]
+        spec = self.declared.tables[name]
         actual = obj = None
         if not (self.dataset_ready.is_set() and self.fresh):
-            actual, obj = self.bq.get_table(name)  # read while the dataset step runs
+            try:
+                actual, obj = self.bq.get_table(name)  # read while the dataset step runs
+            except PermanentError as exc:
+                self.dataset_ready.wait()
+                return TableResult(name, "failed", (), str(exc))
         self.dataset_ready.wait()
         if self.dataset_failed:
             return TableResult(name, "failed", (), f"not attempted: {self.dataset_failed}")
         if self.fresh:
             actual = obj = None
-        recreate = self.request.force_recreate_tables and name not in self.progress.done
+        recreate = self.request.force_recreate_tables and name not in self.done
         try:
             for _ in range(MAX_ATTEMPTS):
                 plan = plan_table(spec, actual, recreate=recreate)
                 if self.request.dry_run or plan.action in (Action.UNCHANGED, Action.BLOCKED):
                     return _result(plan)
-                done = self._apply_table(plan, spec, obj)
-                if done:
+                if self._apply_table(plan, obj, recreate):
                     return _result(plan)
                 # Lost a race with another writer: compare again with what it left.
                 actual, obj = self.bq.get_table(name)
                 recreate = False
-        except gexc.GoogleAPICallError as exc:
-            return TableResult(name, "failed", (), f"BigQuery refused the change: {exc.message}")
         except PermanentError as exc:
             return TableResult(name, "failed", (), str(exc))
         return TableResult(name, "failed", (), "the table kept changing under concurrent writers; run again")
 
-    def _apply_table(self, plan: TablePlan, spec: TableSpec, obj: bigquery.Table | None) -> bool:
+    def _apply_table(self, plan: TablePlan, obj: bigquery.Table | None, forced: bool) -> bool:
         """Apply one plan; False when a concurrent writer got there first."""
+        spec = self.declared.tables[plan.table]
         if plan.action is Action.CREATE:
-            return self.bq.create_table(spec)
+            created = self.bq.create_table(spec)
+            if created and forced:
+                self._authorization().progress.record(spec.name)  # an interrupted recreation, finished
+            return created
         if plan.action is Action.RECREATE:
-            self._backup(obj)  # raises, leaving the table in place, if the backup fails
-            self.bq.delete_table(spec.name)
+            authorization = self._authorization()
+            self.backups.backup(spec.name, authorization)  # raises, leaving the table in place
+            self.bq.delete_table(spec.name, authorization.fence(f"the drop of {spec.name}"))
             self.bq.create_table(spec)
-            self.progress.record(spec.name)
+            authorization.progress.record(spec.name)
             return True
-        try:
-            self.bq.patch_table(obj, plan.patch)
-        except gexc.PreconditionFailed:
-            return False
-        return True
+        return self.bq.patch_table(obj, plan.patch)  # type: ignore[arg-type]
 
-    def _backup(self, table: bigquery.Table | None) -> None:
-        if table is None:
-            return
-        backup = self.engine.backups.backup(table, self.request.request_id)
-        if backup is not None:
-            with self.lock:
-                self.backups.append(backup)
-
-
-class Progress:
-    """Which forced recreations of this request are done. The request ledger subclasses it to
-    persist each step, so a redelivery after a crash never drops the same thing twice."""
-
-    def __init__(self, done: frozenset[str] = frozenset()) -> None:
-        self.done = done
-
-    def record(self, step: str) -> None:
-        """Called right after `step` (a table name, or DATASET_STEP) was recreated."""
+    def _authorization(self) -> Authorization:
+        if self.authorization is None:  # unreachable: `ensure` refuses such a request
+            raise RefusedError("a recreation needs the gate's authorization")
+        return self.authorization
 
 
 def _result(plan: TablePlan) -> TableResult:

@@ -10,50 +10,45 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from . import completion, logs, runner
+from . import completion, gate, logs, runner
 from .config import ConfigError, Settings
-from .engine import EnsureResult, authorize, select_tables
+from .engine import EnsureResult
 from .errors import PermanentError, TransientError
 from .events import Bootstrap, EventError, Ignored, Trigger, Upload, parse_event
-from .model import BIGQUERY_NAME
+from .model import BIGQUERY_NAME, DeclaredState
 from .request import BootstrapRequest
 from .schema_files import MANIFEST_NAME, load_declared_state
 from .sources import Superseded, parse_gcs_uri, read_prefix
 
 if TYPE_CHECKING:
-    from .ledger import Claim
+    from .ledger import Entry
+
+CLOCK_SKEW = timedelta(minutes=5)  # an event dated later than now + this is not believed
 
 
-@dataclass
-class Outcome:
-    """What one invocation reports: the completion event's data, built up as it runs."""
+@dataclass(frozen=True)
+class Report:
+    """The frame of one invocation's completion event: what it answers and when it started."""
 
     settings: Settings
     trigger: Trigger
     request_id: str
     dry_run: bool = False
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
-    result: EnsureResult | None = None
-    schema_digest: str | None = None
-    error: str | None = None
-    claim: Claim | None = None  # the ledger entry of a destructive request
 
-    @property
-    def status(self) -> str:
-        if self.error:
-            return "failed"
-        return self.result.status if self.result else "failed"
-
-    def data(self) -> dict[str, Any]:
+    def data(
+        self, result: EnsureResult | None = None, *, error: str | None = None, digest: str | None = None
+    ) -> dict[str, Any]:
+        """The completion event's data, for a run that gave `result` or failed with `error`."""
         finished = datetime.now(UTC)
-        result = self.result
         return {
             "request_id": self.request_id,
-            "status": self.status,
+            "status": result.status if result and not error else "failed",
             "dry_run": self.dry_run,
             "project": self.settings.project,
             "dataset": self.settings.dataset,
@@ -61,9 +56,9 @@ class Outcome:
             "trigger": self.trigger.to_json(),
             "dataset_action": result.dataset_action if result else None,
             "tables": [t.to_json() for t in result.tables] if result else [],
-            "backups": [b.to_json() for b in result.backups] if result else [],
-            "schema_digest": self.schema_digest,
-            "error": self.error or (result.dataset_error if result else None),
+            "backups": result.backups if result else [],
+            "schema_digest": digest,
+            "error": error or (result.dataset_error if result else None),
             "started_at": _iso(self.started),
             "finished_at": _iso(finished),
             "duration_ms": int((finished - self.started).total_seconds() * 1000),
@@ -71,7 +66,7 @@ class Outcome:
 
 
 def handle(cloud_event: Any) -> None:
-    clock = time.monotonic()
+    started = time.monotonic()
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
@@ -82,25 +77,52 @@ def handle(cloud_event: Any) -> None:
     try:
         work = parse_event(cloud_event)
     except EventError as exc:
-        outcome = Outcome(settings, exc.trigger, exc.request_id, error=str(exc))
-        _finish(outcome, clock)
+        _finish(settings, Report(settings, exc.trigger, exc.request_id).data(error=str(exc)), started)
         return
     if isinstance(work, Ignored):
         logs.warning(f"event acknowledged and ignored: {work.reason}", event_id=cloud_event["id"])
         return
     if isinstance(work, Upload):
-        _handle_upload(work, settings, clock)
+        _handle_upload(work, settings, started)
         return
-    _handle_request(work, settings, clock)
+    _handle_request(work, settings, started)
 
 
-def _handle_request(work: Bootstrap, settings: Settings, clock: float) -> None:
-    outcome = Outcome(settings, work.trigger, work.request.request_id, work.request.dry_run)
-    _run(outcome, work.request, lambda: runner.load_declared(settings))
-    _finish(outcome, clock)
+def _handle_request(work: Bootstrap, settings: Settings, started: float) -> None:
+    request = work.request
+    report = Report(settings, work.trigger, request.request_id, request.dry_run)
+    if not (request.destructive and not request.dry_run):
+        _converge(report, request, lambda: runner.load_declared(settings), started)
+        return
+    claim: Any = None
+    digest = None
+    try:
+        ledger = runner.ledger(settings)
+        # First the ledger, then the age: a late duplicate of a finished request still gets its
+        # recorded answer.
+        entry = ledger.lookup(request)
+        if entry is not None and entry.state == "done":
+            _answer_recorded(settings, entry, started)
+            return
+        _check_time(work.trigger, settings, destructive=True)
+        declared = runner.load_declared(settings)
+        digest = declared.digest
+        granted = gate.authorize(request, declared, settings, ledger, started=started)
+        if not isinstance(granted, gate.Authorization):
+            _answer_recorded(settings, granted, started)
+            return
+        claim = granted.progress
+        data = report.data(runner.run(request, settings, declared, authorization=granted), digest=digest)
+    except PermanentError as exc:
+        data = report.data(error=str(exc), digest=digest)
+    except Exception as exc:
+        _raise_for_redelivery(report, exc, claim)
+    if claim is not None:
+        claim.finish(data)  # a redelivery is answered with this from now on
+    _finish(settings, data, started)
 
 
-def _handle_upload(work: Upload, settings: Settings, clock: float) -> None:
+def _handle_upload(work: Upload, settings: Settings, started: float) -> None:
     where = {"bucket": work.bucket, "object": work.name, "generation": work.generation}
     if not settings.schema_source.startswith("gs://"):
         logs.info("upload ignored: SCHEMA_SOURCE is not a Cloud Storage prefix", **where)
@@ -114,88 +136,101 @@ def _handle_upload(work: Upload, settings: Settings, clock: float) -> None:
     if table is not None and not BIGQUERY_NAME.fullmatch(table):
         table = None  # validation below reports the bad file name
     request = BootstrapRequest(request_id=work.request_id, tables=(table,) if table else None)
-    outcome = Outcome(settings, work.trigger, work.request_id)
+    report = Report(settings, work.trigger, work.request_id)
 
-    def declared() -> Any:
+    def declared() -> DeclaredState:
         client = runner.storage_client(settings)
         files = read_prefix(client, bucket, prefix, settings.retry_deadline, pinned=(name, work.generation))
         return load_declared_state(files, complete=False)
 
     try:
-        _run(outcome, request, declared, dataset_updates=table is None)
+        _converge(report, request, declared, started, dataset_updates=table is None)
     except Superseded as exc:
         logs.info(f"upload not applied: {exc}; the newer generation has its own event", **where)
-        return
-    _finish(outcome, clock)
 
 
-def _run(outcome: Outcome, request: BootstrapRequest, declared: Any, *, dataset_updates: bool = True) -> None:
-    """Validate and ensure; a permanent failure becomes the outcome's error, anything else raises."""
-    if _too_old(outcome):
-        return
-    settings = outcome.settings
+def _converge(
+    report: Report,
+    request: BootstrapRequest,
+    declared: Callable[[], DeclaredState],
+    started: float,
+    *,
+    dataset_updates: bool = True,
+) -> None:
+    """A run that destroys nothing: validate, ensure, report. A permanent failure becomes a
+    `failed` event; anything else raises for redelivery."""
+    digest = None
     try:
+        _check_time(report.trigger, report.settings, destructive=False)
         state = declared()
-        outcome.schema_digest = state.digest
-        if request.destructive and not request.dry_run:
-            # A refused request, or one naming a table that is not declared, claims nothing.
-            select_tables(state, request.tables)
-            authorize(request, settings)
-            outcome.claim = runner.ledger(settings).claim_when_free(request.request_id)
-            if outcome.claim.recorded is not None:
-                return  # already done: _finish answers with the recorded result
-        outcome.result = runner.run(
-            request, settings, state, dataset_updates=dataset_updates, progress=outcome.claim
-        )
+        digest = state.digest
+        result = runner.run(request, report.settings, state, dataset_updates=dataset_updates)
+        data = report.data(result, digest=digest)
     except PermanentError as exc:
-        outcome.error = str(exc)
+        data = report.data(error=str(exc), digest=digest)
+    except Superseded:
+        raise  # not a failure: the upload's caller acknowledges it
     except Exception as exc:
-        # Transient (past the retries) or unforeseen: raise, so the event is delivered again.
-        if outcome.claim is not None:
-            with contextlib.suppress(Exception):  # best effort: the lease expires anyway
-                outcome.claim.release()
-        kind = "transient failure" if isinstance(exc, TransientError) else f"failure ({type(exc).__name__})"
-        logs.warning(
-            f"{kind}, raising so the event is delivered again: {exc}",
-            request_id=outcome.request_id,
-            trigger=outcome.trigger.to_json(),
-        )
-        raise
+        _raise_for_redelivery(report, exc, None)
+    _finish(report.settings, data, started)
 
 
-def _too_old(outcome: Outcome) -> bool:
-    sent = outcome.trigger.time
-    if sent is None:
-        return False
-    age = (datetime.now(UTC) - (sent if sent.tzinfo else sent.replace(tzinfo=UTC))).total_seconds()
-    if age <= outcome.settings.max_event_age:
-        return False
-    outcome.error = (
-        f"the event is {age:.0f} s old, older than BOOTSTRAP_MAX_EVENT_AGE={outcome.settings.max_event_age:g} s: "
-        "not acted on, so a retried request never runs late. Publish a new request if it is still wanted."
+def _raise_for_redelivery(report: Report, exc: Exception, claim: Any) -> None:
+    """Transient (past the retries) or unforeseen: give the ledger entry up, log, and raise, so
+    the event is delivered again."""
+    if claim is not None:
+        with contextlib.suppress(Exception):  # best effort: the lease expires anyway
+            claim.release()
+    kind = "transient failure" if isinstance(exc, TransientError) else f"failure ({type(exc).__name__})"
+    logs.warning(
+        f"{kind}, raising so the event is delivered again: {exc}",
+        request_id=report.request_id,
+        trigger=report.trigger.to_json(),
     )
-    return True
+    raise exc
 
 
-def _finish(outcome: Outcome, clock: float) -> None:
-    claim = outcome.claim
-    if claim is not None and claim.recorded is not None:
-        # A redelivery of a destructive request that already ran: answer with what it did.
-        data = {**claim.recorded, "duplicate": True}
-    else:
-        data = outcome.data()
-        if claim is not None:
-            claim.finish(data)
-    event = completion.build_event(outcome.settings, data)
-    completion.publish(outcome.settings, event)
-    result = outcome.result
+def _check_time(trigger: Trigger, settings: Settings, *, destructive: bool) -> None:
+    """Late events do nothing; an event from the future is not believed. A destructive request
+    without a readable time is refused: it fails closed."""
+    sent = trigger.time
+    if sent is None:
+        if destructive:
+            raise PermanentError(
+                "the event carries no readable time (the CloudEvent's time attribute), so its age "
+                "cannot be checked: a destructive request is not acted on. Publish it again"
+            )
+        return
+    now = datetime.now(UTC)
+    sent = sent if sent.tzinfo else sent.replace(tzinfo=UTC)
+    if sent > now + CLOCK_SKEW:
+        raise PermanentError(
+            f"the event is dated {_iso(sent)}, more than {CLOCK_SKEW.total_seconds() / 60:g} minutes "
+            "in the future: not acted on (check the sender's clock), then publish it again"
+        )
+    age = (now - sent).total_seconds()
+    if age > settings.max_event_age:
+        raise PermanentError(
+            f"the event is {age:.0f} s old, older than BOOTSTRAP_MAX_EVENT_AGE={settings.max_event_age:g} s: "
+            "not acted on, so a retried request never runs late. Publish a new request if it is still wanted."
+        )
+
+
+def _answer_recorded(settings: Settings, entry: Entry, started: float) -> None:
+    """A redelivery of a destructive request that already ran: answer with what it did."""
+    _finish(settings, {**entry.result, "duplicate": True}, started)  # type: ignore[dict-item]
+
+
+def _finish(settings: Settings, data: dict[str, Any], started: float) -> None:
+    event = completion.build_event(settings, data)
+    completion.publish(settings, event)
     fields = {
-        "request_id": outcome.request_id,
-        "trigger": outcome.trigger.to_json(),
+        "request_id": data["request_id"],
+        "trigger": data["trigger"],
         "status": data["status"],
         "dataset_action": data["dataset_action"],
-        "counts": result.counts() if result else {},
-        "duration_ms": int((time.monotonic() - clock) * 1000),
+        "counts": _counts(data["tables"]),
+        "duration_ms": int((time.monotonic() - started) * 1000),
         "completion_event_id": event["id"],
         "duplicate": data.get("duplicate", False),
     }
@@ -205,6 +240,13 @@ def _finish(outcome: Outcome, clock: float) -> None:
         logs.error(f"bootstrap failed: {reason}", **fields)
     else:
         logs.info(f"bootstrap {data['status']}", **fields)
+
+
+def _counts(tables: list[dict[str, Any]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in tables:
+        out[t["action"]] = out.get(t["action"], 0) + 1
+    return out
 
 
 def _iso(moment: datetime) -> str:

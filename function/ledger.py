@@ -1,13 +1,17 @@
-"""The request ledger: a destructive request runs its destructive part at most once.
+"""The request ledger: the destructive part of a request runs at most once, by one owner at a time.
 
 One object per request id in the state bucket, claimed atomically with `if_generation_match=0`
-(Cloud Storage answers 412 to every writer but the first). Every later write is conditioned
-on the generation the writer last saw, so two deliveries can never both believe they own the
-request. The entry records each recreation as it is done, and at the end the completion
-event's data, which answers every later delivery of the same request id.
+(Cloud Storage answers 412 to every writer but the first). Every later write is conditioned on
+the generation the writer last saw, so two deliveries can never both believe they own the
+request, and the owner proves it still owns it (renewing its lease) right before every backup
+and every drop. The entry records the request's digest (the same id with another body is
+refused), each backup and each recreation as it is done, and at the end the completion event's
+data, which answers every later delivery of the same request id.
 
-States: running (owned, lease until `lease_until`), interrupted (the owner failed
-transiently: the next delivery takes over at once, skipping the steps already done), done.
+States: running (owned until `lease_until`), interrupted (the owner failed transiently: the next
+delivery takes over at once, skipping the recreations already done), done. Anything else in
+the object (unreadable, another version, missing fields) is an error to be looked at, never a
+reason to take over.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,111 +30,197 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from google.cloud import storage
 
-from .config import REQUEST_TIMEOUT
-from .engine import Progress
-from .errors import TransientError
+from .config import REQUEST_TIMEOUT, Settings
+from .errors import PermanentError, TransientError
+from .request import BootstrapRequest
 from .sources import storage_retry
 
 PREFIX = "ledger/"
-LEASE = timedelta(minutes=15)  # longer than a run can take (the function's own timeout is shorter)
+VERSION = 1
+STATES = ("running", "interrupted", "done")
+LEASE_MARGIN = timedelta(seconds=10)  # a lease outlives the invocation holding it (clock skew)
 
 
 class InProgress(TransientError):
     """Another delivery of the same request is running: deliver this one again later."""
 
 
+class LostLease(TransientError):
+    """Another delivery took the request over: this one must stop at once."""
+
+
+class RequestConflict(PermanentError):
+    """The request id was used before for a request with another body."""
+
+
+class LedgerCorrupt(PermanentError):
+    """The ledger object cannot be read as an entry of this version."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A ledger entry as read (validated), with the generation it was read at."""
+
+    generation: int
+    data: dict[str, Any]
+
+    @property
+    def state(self) -> str:
+        return self.data["state"]
+
+    @property
+    def result(self) -> dict[str, Any] | None:
+        return self.data.get("result")
+
+
 @dataclass
-class Claim(Progress):
-    """Ownership of one request's entry; `done` lists the recreations already made."""
+class Claim:
+    """Ownership of one request's entry. Shared by the engine's worker threads: every write is
+    serialised, and each is conditioned on the generation of the previous one."""
 
     ledger: Ledger
     request_id: str
     generation: int
     entry: dict[str, Any]
-    done: frozenset[str] = field(default_factory=frozenset)
-    recorded: dict[str, Any] | None = None  # set when the request had already finished
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def done(self) -> frozenset[str]:
+        """The recreations already made (by this delivery or an earlier one)."""
+        with self.lock:
+            return frozenset(self.entry["recreated"])
+
+    @property
+    def backups(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return list(self.entry["backups"])
+
+    def renew(self) -> int:
+        """Prove ownership with a conditional write that extends the lease; the generation
+        written. Raises LostLease when another delivery took the request over."""
+        return self._write(lambda entry: {"lease_until": _iso(_now() + self.ledger.lease)})
+
+    def record_backup(self, backup: dict[str, Any]) -> None:
+        self._write(lambda entry: {"backups": [*entry["backups"], backup]})
 
     def record(self, step: str) -> None:
-        self.done = self.done | {step}
-        self.entry["recreated"] = sorted(self.done)
-        self.ledger.write(self, self.entry)
+        """Called right after `step` (a table name, or the dataset) was recreated."""
+        self._write(lambda entry: {"recreated": sorted({*entry["recreated"], step})})
 
     def finish(self, data: dict[str, Any]) -> None:
-        self.entry.update(state="done", result=data, finished_at=_now().isoformat())
-        self.ledger.write(self, self.entry)
+        self._write(lambda entry: {"state": "done", "result": data, "finished_at": _iso(_now())})
 
     def release(self) -> None:
         """Give the request up after a transient failure, keeping the steps already done."""
-        self.entry.update(state="interrupted")
-        self.ledger.write(self, self.entry)
+        self._write(lambda entry: {"state": "interrupted"})
+
+    def _write(self, changes: Callable[[dict[str, Any]], dict[str, Any]]) -> int:
+        """Read, change and write the entry as one step: threads never lose each other's writes."""
+        with self.lock:
+            entry = {**self.entry, **changes(self.entry)}
+            self.generation = self.ledger.write(self.request_id, entry, self.generation)
+            self.entry = entry
+            return self.generation
 
 
 class Ledger:
-    def __init__(self, client: storage.Client, bucket: str, deadline: float) -> None:
+    def __init__(self, client: storage.Client, bucket: str, settings: Settings) -> None:
         self.bucket = client.bucket(bucket)
-        self.retry = storage_retry(deadline)
+        self.retry = storage_retry(settings.retry_deadline)
         self.owner = f"{socket.gethostname()}/{uuid.uuid4().hex[:8]}"
+        # Longer than the invocation can run: the platform stops it at its timeout.
+        self.lease = timedelta(seconds=settings.timeout) + LEASE_MARGIN
 
-    def claim(self, request_id: str) -> Claim:
-        """Own the request, or learn that it finished (`Claim.recorded`), or raise InProgress."""
-        blob = self._blob(request_id)
-        entry = {
-            "request_id": request_id,
+    def lookup(self, request: BootstrapRequest) -> Entry | None:
+        """The request's entry, if any; RequestConflict when it belongs to another body."""
+        entry = self._read(request.request_id)
+        if entry is not None:
+            _check_digest(request, entry)
+        return entry
+
+    def claim(self, request: BootstrapRequest) -> Claim | Entry:
+        """Own the request (a Claim), or learn that it finished (its done Entry), or raise
+        InProgress (another delivery owns it) or RequestConflict."""
+        fresh = {
+            "version": VERSION,
+            "request_id": request.request_id,
+            "digest": request.digest,
             "state": "running",
             "recreated": [],
-            "claimed_at": _now().isoformat(),
+            "backups": [],
+            "claimed_at": _iso(_now()),
         }
-        try:
-            return self._write_claim(request_id, blob, entry, if_generation_match=0)
-        except gexc.PreconditionFailed:
-            pass  # someone claimed it before: read what they left
-        blob.reload(retry=self.retry, timeout=REQUEST_TIMEOUT)
-        current = json.loads(blob.download_as_bytes(if_generation_match=blob.generation, retry=self.retry))
-        if current["state"] == "done":
-            return Claim(self, request_id, blob.generation, current, recorded=current["result"])
-        lease_until = datetime.fromisoformat(current["lease_until"])
+        claimed = self._take(request.request_id, fresh, 0)
+        if claimed is not None:
+            return claimed
+        current = self.lookup(request)
+        if current is None:  # deleted between our claim and our read: try again later
+            raise InProgress(f"the ledger entry of {request.request_id} changed while being claimed")
+        if current.state == "done":
+            return current
+        until = datetime.fromisoformat(current.data["lease_until"])
         # (A write of ours whose answer was lost never gets here: `_upload` recognises it.)
-        if current["state"] == "running" and lease_until > _now():
+        if current.state == "running" and until > _now():
             raise InProgress(
-                f"request {request_id} is being executed by {current.get('owner')} until "
-                f"{current['lease_until']}; this delivery will be retried"
+                f"request {request.request_id} is being executed by {current.data['owner']} until "
+                f"{current.data['lease_until']}; this delivery will be retried"
             )
-        # An interrupted owner, or one whose lease ran out (it crashed): take over.
-        current.update(state="running", taken_over_from=current.get("owner"))
-        try:
-            return self._write_claim(request_id, blob, current, if_generation_match=blob.generation)
-        except gexc.PreconditionFailed:
-            raise InProgress(f"request {request_id} was just taken over by another delivery") from None
+        # An interrupted owner, or one whose lease ran out (it crashed or hung): take over.
+        taken = {**current.data, "state": "running", "taken_over_from": current.data["owner"]}
+        claimed = self._take(request.request_id, taken, current.generation)
+        if claimed is None:
+            raise InProgress(f"request {request.request_id} was just taken over by another delivery")
+        return claimed
 
-    def claim_when_free(self, request_id: str, wait: float = 30.0) -> Claim:
+    def claim_when_free(self, request: BootstrapRequest, wait: float = 30.0) -> Claim | Entry:
         """`claim`, waiting a while for a concurrent delivery of the same request to finish,
         so that a duplicate is answered with its result instead of a retry."""
         deadline = time.monotonic() + wait
         while True:
             try:
-                return self.claim(request_id)
+                return self.claim(request)
             except InProgress:
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(0.5)
 
-    def write(self, claim: Claim, entry: dict[str, Any]) -> None:
-        blob = self._blob(claim.request_id)
-        if not self._upload(blob, json.dumps(entry), if_generation_match=claim.generation):
-            raise InProgress(f"lost the ledger entry of {claim.request_id} to another delivery")
-        claim.generation = blob.generation
+    def write(self, request_id: str, entry: dict[str, Any], generation: int) -> int:
+        """Replace the entry if it is still at `generation`; the new generation."""
+        entry = {**entry, "owner": self.owner}
+        blob = self._blob(request_id)
+        if not self._upload(blob, entry, if_generation_match=generation):
+            raise LostLease(
+                f"another delivery took request {request_id} over: this one stops without "
+                "touching anything more"
+            )
+        return blob.generation
 
-    def _write_claim(self, request_id: str, blob: storage.Blob, entry: dict[str, Any], **match: int) -> Claim:
-        entry = {**entry, "owner": self.owner, "lease_until": (_now() + LEASE).isoformat()}
-        if not self._upload(blob, json.dumps(entry), **match):
-            raise gexc.PreconditionFailed(f"the ledger entry of {request_id} changed meanwhile")
-        return Claim(self, request_id, blob.generation, entry, done=frozenset(entry.get("recreated", [])))
+    def _take(self, request_id: str, entry: dict[str, Any], generation: int) -> Claim | None:
+        entry = {**entry, "owner": self.owner, "lease_until": _iso(_now() + self.lease)}
+        blob = self._blob(request_id)
+        if not self._upload(blob, entry, if_generation_match=generation):
+            return None
+        return Claim(self, request_id, blob.generation, entry)
 
-    def _upload(self, blob: storage.Blob, payload: str, **match: int) -> bool:
+    def _read(self, request_id: str) -> Entry | None:
+        blob = self._blob(request_id)
+        try:
+            blob.reload(retry=self.retry, timeout=REQUEST_TIMEOUT)
+            raw = blob.download_as_bytes(
+                if_generation_match=blob.generation, retry=self.retry, timeout=REQUEST_TIMEOUT
+            )
+        except gexc.NotFound:
+            return None
+        except gexc.PreconditionFailed:  # replaced between the two calls: read the new one
+            return self._read(request_id)
+        return Entry(blob.generation, _parse(raw, f"gs://{self.bucket.name}/{blob.name}", request_id))
+
+    def _upload(self, blob: storage.Blob, entry: dict[str, Any], **match: int) -> bool:
         """A conditional write; False when another writer's write came first (412). When the
         answer to an attempt that Cloud Storage applied is lost, the client's retry is answered
         412 too: that write is still ours if the live entry is byte for byte what we wrote (it
-        names this ledger's owner and lease)."""
+        names this ledger's owner and the time of the write)."""
+        payload = json.dumps({**entry, "written_at": _iso(_now())}, sort_keys=True)
         try:
             blob.upload_from_string(
                 payload, content_type="application/json", retry=self.retry, timeout=REQUEST_TIMEOUT, **match
@@ -141,7 +233,9 @@ class Ledger:
         """Is `payload` the live content of `blob` (whose generation this then loads)?"""
         try:
             blob.reload(retry=self.retry, timeout=REQUEST_TIMEOUT)
-            live = blob.download_as_bytes(if_generation_match=blob.generation, retry=self.retry)
+            live = blob.download_as_bytes(
+                if_generation_match=blob.generation, retry=self.retry, timeout=REQUEST_TIMEOUT
+            )
         except (gexc.NotFound, gexc.PreconditionFailed):
             return False
         return live == payload.encode()
@@ -151,5 +245,54 @@ class Ledger:
         return self.bucket.blob(PREFIX + hashlib.sha256(request_id.encode()).hexdigest() + ".json")
 
 
+def _parse(raw: bytes, where: str, request_id: str) -> dict[str, Any]:
+    """Validate an entry read back; anything unexpected is LedgerCorrupt, naming the object."""
+
+    def corrupt(problem: str) -> LedgerCorrupt:
+        return LedgerCorrupt(
+            f"the ledger entry of request {request_id} ({where}) {problem}. It is not acted on: "
+            "check in BigQuery and the backups what that request did, then delete the object "
+            "and send the request again"
+        )
+
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise corrupt("is not JSON") from None
+    if not isinstance(data, dict):
+        raise corrupt("is not a JSON object")
+    if data.get("version") != VERSION:
+        raise corrupt(f"has version {data.get('version')!r}; this function reads version {VERSION}")
+    if data.get("state") not in STATES:
+        raise corrupt(f"has an unknown state {data.get('state')!r}")
+    kinds = {"request_id": str, "digest": str, "owner": str, "recreated": list, "backups": list}
+    for key, kind in kinds.items():
+        if not isinstance(data.get(key), kind):
+            raise corrupt(f"has no valid {key!r}")
+    if data["request_id"] != request_id:
+        raise corrupt(f"belongs to request {data['request_id']!r}")
+    if data["state"] == "done" and not isinstance(data.get("result"), dict):
+        raise corrupt("is done but holds no result")
+    try:
+        until = datetime.fromisoformat(data.get("lease_until", ""))
+    except (TypeError, ValueError):
+        raise corrupt("has no valid 'lease_until'") from None
+    if until.tzinfo is None:
+        raise corrupt("has a 'lease_until' without a time zone")
+    return data
+
+
+def _check_digest(request: BootstrapRequest, entry: Entry) -> None:
+    if entry.data["digest"] != request.digest:
+        raise RequestConflict(
+            f"request_id {request.request_id!r} was already used for a different request "
+            f"(state {entry.state}); it is not acted on. Give a new request its own request_id"
+        )
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat()

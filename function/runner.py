@@ -13,7 +13,7 @@ from google.cloud import bigquery
 
 from .bigquery_adapter import BigQueryAdapter, make_client
 from .config import Settings
-from .engine import Engine, EnsureResult, Progress
+from .engine import Engine, EnsureResult
 from .errors import RefusedError
 from .model import DeclaredState
 from .request import BootstrapRequest
@@ -23,6 +23,7 @@ from .sources import read_source
 if TYPE_CHECKING:  # imported where used: a bootstrap from a folder needs neither
     from google.cloud import storage
 
+    from .gate import Authorization
     from .ledger import Ledger
 
 
@@ -53,7 +54,7 @@ def ledger(settings: Settings) -> Ledger:
         )
     from .ledger import Ledger
 
-    return Ledger(storage_client(settings), settings.state_bucket, settings.retry_deadline)
+    return Ledger(storage_client(settings), settings.state_bucket, settings)
 
 
 def run(
@@ -61,10 +62,13 @@ def run(
     settings: Settings,
     declared: DeclaredState,
     *,
+    authorization: Authorization | None = None,
     dataset_updates: bool = True,
-    progress: Progress | None = None,
 ) -> EnsureResult:
-    adapter = BigQueryAdapter(bigquery_client(settings), settings.dataset, settings.retry_deadline)
-    return Engine(declared, settings, adapter).ensure(
-        request, dataset_updates=dataset_updates, progress=progress
+    return Engine(declared, settings, bigquery_adapter(settings)).ensure(
+        request, authorization=authorization, dataset_updates=dataset_updates
     )
+
+
+def bigquery_adapter(settings: Settings, dataset: str | None = None) -> BigQueryAdapter:
+    return BigQueryAdapter(bigquery_client(settings), dataset or settings.dataset, settings.retry_deadline)

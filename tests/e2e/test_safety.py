@@ -135,7 +135,7 @@ def test_backups_are_listed_and_restored_without_overwriting_rows(stack, inbox):
 
     refused = run_cli(stack, "restore", name)
     assert refused.returncode == 1
-    assert "holds 1 rows" in refused.stderr
+    assert "tenant_profiles holds rows; restoring would replace them" in refused.stderr
     assert rows(stack) == ["tenant-40"]
 
     elsewhere = run_cli(stack, "restore", name, "--to", "profiles_restored")
@@ -143,10 +143,19 @@ def test_backups_are_listed_and_restored_without_overwriting_rows(stack, inbox):
     assert rows(stack, "profiles_restored") == ["tenant-30", "tenant-31"]
 
     unconfirmed = run_cli(stack, "restore", name, "--force")
-    assert unconfirmed.returncode == 1 and "--confirm tenants" in unconfirmed.stderr
-    forced_restore = run_cli(stack, "restore", name, "--force", "--confirm", "tenants")
+    assert unconfirmed.returncode == 1 and "confirm" in unconfirmed.stderr
+    not_allowed = run_cli(stack, "restore", name, "--force", "--confirm", "tenants")
+    assert not_allowed.returncode == 1 and "ALLOW_DESTRUCTIVE" in not_allowed.stderr
+    assert rows(stack) == ["tenant-40"]
+    before = backups(stack)
+
+    forced_restore = run_cli(stack, "restore", name, "--force", "--confirm", "tenants", "--allow-destructive")
+
     assert forced_restore.returncode == 0, forced_restore.stderr
     assert rows(stack) == ["tenant-30", "tenant-31"]
+    [replaced] = sorted(set(backups(stack)) - set(before))  # what the restore overwrote, kept
+    assert rows(stack, replaced, "tenants_backups") == ["tenant-40"]
+    assert f"backed up {TABLE}" in forced_restore.stdout
 
 
 def test_a_stale_event_is_acknowledged_with_a_failed_event_and_not_acted_on(stack, inbox):

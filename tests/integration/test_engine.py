@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from typing import Any
 
 import pytest
 from google.cloud import bigquery
 
+from function import gate
 from function.bigquery_adapter import BigQueryAdapter, make_client
 from function.config import Settings
 from function.engine import Engine, EnsureResult
@@ -40,10 +42,15 @@ def settings_for(proxy: Proxy, dataset: str, **extra: Any) -> Settings:
     return Settings.from_env(env, dataset=dataset)
 
 
-def apply(settings: Settings, files: dict[str, bytes], **request: Any) -> EnsureResult:
+def apply(settings: Settings, files: dict[str, bytes], **fields: Any) -> EnsureResult:
+    """One run as the CLI makes it: a destructive request passes the gate (without a ledger)."""
     adapter = BigQueryAdapter(make_client(settings), settings.dataset, settings.retry_deadline)
-    engine = Engine(load_declared_state(files), settings, adapter)
-    return engine.ensure(request_from_fields(request, "test-request"))
+    declared = load_declared_state(files)
+    request = request_from_fields({"request_id": "test-request", **fields}, "test-request")
+    authorization = None
+    if request.destructive and not request.dry_run:
+        authorization = gate.authorize(request, declared, settings, None, started=time.monotonic())
+    return Engine(declared, settings, adapter).ensure(request, authorization=authorization)
 
 
 def actions(result: EnsureResult) -> dict[str, str]:

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from function.config import Settings
-from function.engine import authorize, select_tables
 from function.errors import RefusedError, RequestError
+from function.gate import check_consents, select_tables
 from function.model import Column, DeclaredState, TableSpec
 from function.request import MAX_DATA_BYTES, BootstrapRequest, parse_request
 
@@ -290,7 +290,7 @@ def test_request_errors_are_permanent() -> None:
     assert issubclass(RefusedError, PermanentError)
 
 
-# --- authorize: the three consents ---------------------------------------------------------------
+# --- check_consents: the three consents ---------------------------------------------------------------
 
 
 def _settings(allow: bool) -> Settings:
@@ -341,7 +341,7 @@ def test_forced_recreation_without_all_consents_is_refused(
     fields: dict, allow: bool, phrases: list[str]
 ) -> None:
     with pytest.raises(RefusedError) as info:
-        authorize(_request(**fields), _settings(allow))
+        check_consents(_request(**fields), _settings(allow))
     message = str(info.value)
     assert message.startswith("refused to recreate anything: ")
     assert message.endswith("Nothing was changed.")
@@ -351,30 +351,32 @@ def test_forced_recreation_without_all_consents_is_refused(
 
 @pytest.mark.parametrize("flag", ["force_recreate_tables", "force_recreate_dataset"])
 def test_all_three_consents_pass(flag: str) -> None:
-    authorize(_request(**{flag: True, "confirm": "tenants"}), _settings(allow=True))
+    check_consents(_request(**{flag: True, "confirm": "tenants"}), _settings(allow=True))
 
 
 def test_dry_run_with_force_and_confirm_needs_no_deployment_consent() -> None:
-    authorize(_request(force_recreate_tables=True, confirm="tenants", dry_run=True), _settings(allow=False))
+    check_consents(
+        _request(force_recreate_tables=True, confirm="tenants", dry_run=True), _settings(allow=False)
+    )
 
 
 def test_dry_run_still_needs_confirm() -> None:
     with pytest.raises(RefusedError, match='set "confirm": "tenants"'):
-        authorize(_request(force_recreate_tables=True, dry_run=True), _settings(allow=False))
+        check_consents(_request(force_recreate_tables=True, dry_run=True), _settings(allow=False))
 
 
 def test_a_request_without_force_needs_no_consent() -> None:
-    authorize(_request(), _settings(allow=False))
-    authorize(_request(dry_run=True, tables=["a"]), _settings(allow=False))
+    check_consents(_request(), _settings(allow=False))
+    check_consents(_request(dry_run=True, tables=["a"]), _settings(allow=False))
 
 
 def test_confirm_follows_the_configured_dataset() -> None:
     settings = Settings.from_env(
         {"GOOGLE_CLOUD_PROJECT": "p-123", "BOOTSTRAP_DATASET": "prod", "ALLOW_DESTRUCTIVE": "1"}
     )
-    authorize(_request(force_recreate_tables=True, confirm="prod"), settings)
+    check_consents(_request(force_recreate_tables=True, confirm="prod"), settings)
     with pytest.raises(RefusedError, match='set "confirm": "prod"'):
-        authorize(_request(force_recreate_tables=True, confirm="tenants"), settings)
+        check_consents(_request(force_recreate_tables=True, confirm="tenants"), settings)
 
 
 # --- select_tables ------------------------------------------------------------------------------

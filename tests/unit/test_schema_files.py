@@ -1105,10 +1105,11 @@ def test_cli_apply_with_valid_input_does_reach_the_recorder(cli_runs: dict[str, 
     """The control for the test above: same wiring, a valid schema, and requests do arrive."""
     run = cli_runs[VALID]
 
-    code, _, stderr = run.result()
+    code, stdout, _ = run.result()
 
     assert code == 1
-    assert "denied by the recorder" in stderr
+    assert "dataset tenants: failed" in stdout
+    assert "denied by the recorder" in stdout
     paths = {r.split("?")[0] for r in run.recorder.requests}
     assert "GET /bigquery/v2/projects/local-project/datasets/tenants" in paths
 

@@ -1,0 +1,184 @@
+"""The one way to destructive work: a request, checked, becomes an `Authorization`, or is refused.
+
+Every drop (a table, the dataset, a restore over rows) needs a `Fence`, and only an
+`Authorization` issues one: right before the step it checks the invocation's deadline and proves,
+with a conditional write to the request ledger that renews the lease, that this delivery still
+owns the request. An Authorization exists only once the three consents are given (the request's
+force flag, `confirm` equal to the dataset id, the deployment's ALLOW_DESTRUCTIVE), the tables
+named are declared, and the ledger entry is claimed with a matching request digest. The
+function always has a ledger; the CLI works without one (`Unrecorded`) and says so.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .config import Settings
+from .errors import RefusedError, RequestError, TransientError
+from .model import DeclaredState
+from .request import BootstrapRequest
+
+if TYPE_CHECKING:  # the ledger (and the storage client) load only for destructive work
+    from .ledger import Entry, Ledger
+
+DATASET_STEP = "(dataset)"  # the ledger's name of a dataset recreation
+
+
+class Progress(Protocol):
+    """What a destructive run records as it goes: the request ledger's claim, or `Unrecorded`."""
+
+    @property
+    def done(self) -> frozenset[str]: ...
+
+    @property
+    def backups(self) -> list[dict[str, Any]]: ...
+
+    def renew(self) -> int: ...
+
+    def record_backup(self, backup: dict[str, Any]) -> None: ...
+
+    def record(self, step: str) -> None: ...
+
+
+@dataclass
+class Unrecorded:
+    """Progress kept in memory only: a CLI run without BOOTSTRAP_STATE_BUCKET. Nothing stops
+    the same command from being run twice."""
+
+    generation: int = 0
+    recreated: set[str] = field(default_factory=set)
+    taken: list[dict[str, Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def done(self) -> frozenset[str]:
+        with self.lock:
+            return frozenset(self.recreated)
+
+    @property
+    def backups(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return list(self.taken)
+
+    def renew(self) -> int:
+        with self.lock:
+            self.generation += 1
+            return self.generation
+
+    def record_backup(self, backup: dict[str, Any]) -> None:
+        with self.lock:
+            self.taken.append(backup)
+
+    def record(self, step: str) -> None:
+        with self.lock:
+            self.recreated.add(step)
+
+
+class DeadlinePassed(TransientError):
+    """The invocation is past its deadline: no destructive step starts; a redelivery resumes."""
+
+
+@dataclass(frozen=True)
+class Fence:
+    """Proof that this delivery owned the request when it wrote ledger generation `generation`,
+    issued for one step right before it, and good until the invocation's end (`valid_until`,
+    monotonic): the ledger's lease outlives the invocation, so no other delivery can take the
+    request over before then."""
+
+    step: str
+    generation: int
+    valid_until: float
+
+    def check(self) -> None:
+        """Called by the adapter immediately before it sends the destructive request."""
+        if time.monotonic() > self.valid_until:
+            raise DeadlinePassed(f"the invocation's time ran out before {self.step} was sent; stopping")
+
+
+@dataclass(frozen=True)
+class Authorization:
+    """A destructive request that passed the gate: what it may destroy, and the fence for it."""
+
+    request: BootstrapRequest
+    progress: Progress
+    deadline: float  # monotonic: no destructive step starts after it
+    ends: float  # monotonic: the invocation's timeout; nothing destructive is sent after it
+
+    def fence(self, step: str) -> Fence:
+        if time.monotonic() > self.deadline:
+            raise DeadlinePassed(
+                f"the invocation reached its deadline before {step}; stopping here so that a "
+                "redelivery resumes (the steps already done are recorded)"
+            )
+        return Fence(step, self.progress.renew(), self.ends)
+
+    @property
+    def done(self) -> frozenset[str]:
+        return self.progress.done
+
+
+def check_consents(request: BootstrapRequest, settings: Settings) -> None:
+    """A forced recreation needs three consents: the request's flag, the deployment's
+    ALLOW_DESTRUCTIVE, and `confirm` equal to the dataset id. A dry run only plans, so it does
+    not need the deployment's consent."""
+    if not request.destructive:
+        return
+    problems = []
+    if request.confirm != settings.dataset:
+        problems.append(
+            f'set "confirm": "{settings.dataset}" (the dataset id) to confirm a forced recreation'
+        )
+    if not settings.allow_destructive and not request.dry_run:
+        problems.append("this deployment does not allow destructive requests (ALLOW_DESTRUCTIVE is not true)")
+    if problems:
+        raise RefusedError("refused to recreate anything: " + "; ".join(problems) + ". Nothing was changed.")
+
+
+def select_tables(declared: DeclaredState, wanted: tuple[str, ...] | None) -> list[str]:
+    if wanted is None:
+        return sorted(declared.tables)
+    unknown = [t for t in wanted if t not in declared.tables]
+    if unknown:
+        raise RequestError(
+            f"unknown table(s) {', '.join(unknown)}; the schema source declares: {', '.join(sorted(declared.tables))}"
+        )
+    return list(wanted)
+
+
+def authorize(
+    request: BootstrapRequest,
+    declared: DeclaredState | None,
+    settings: Settings,
+    ledger: Ledger | None,
+    *,
+    started: float,
+) -> Authorization | Entry:
+    """Check a destructive request, claim it in the ledger, and return its Authorization, or
+    the ledger's done Entry when the request already ran (its recorded answer). Raises
+    RefusedError or RequestError (nothing is claimed then), RequestConflict (the id was used for
+    another body), InProgress (another delivery owns it).
+
+    `ledger` None is the CLI without BOOTSTRAP_STATE_BUCKET: progress is kept in memory only.
+    `started` is the monotonic time the invocation began: destructive steps start only until
+    its timeout, less one retry deadline so the last step can finish."""
+    if not request.destructive or request.dry_run:
+        raise RefusedError("only a destructive request that is not a dry run needs authorising")
+    if declared is not None:  # None: a restore, which names its one target itself
+        select_tables(declared, request.tables)
+    check_consents(request, settings)
+    progress: Progress
+    if ledger is None:
+        progress = Unrecorded()
+    else:
+        from .ledger import Claim
+
+        claimed = ledger.claim_when_free(request)
+        if not isinstance(claimed, Claim):
+            return claimed
+        progress = claimed
+    timeout = settings.timeout
+    deadline = started + max(timeout / 2, timeout - settings.retry_deadline)
+    return Authorization(request, progress, deadline, ends=started + timeout)
