@@ -29,6 +29,16 @@ def bigquery_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield stack
 
 
+@pytest.fixture(scope="session")
+def storage_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """fake-gcs-server alone (with the stack's schema and state buckets), for the ledger's tests."""
+    config = StackConfig(
+        project=PROJECT, components=frozenset({"storage"}), workdir=tmp_path_factory.mktemp("gcs")
+    )
+    with Stack(config) as stack:
+        yield stack
+
+
 @pytest.fixture
 def bigquery_proxy(bigquery_stack: Stack) -> Iterator[Proxy]:
     """A counting proxy in front of bqemulator: tests assert on the requests the client sent."""

@@ -96,6 +96,21 @@ BAD_MESSAGES = [
         "ALLOW_DESTRUCTIVE is not true",
     ),
     ("confirm-without-force", b'{"request_id": "%s", "confirm": "tenants"}', "no force flag is set"),
+    (
+        "dataset-recreation-of-some-tables",
+        b'{"request_id": "%s", "force_recreate_dataset": true, "confirm": "tenants", "tables": ["tenant_profiles"]}',
+        "force_recreate_dataset recreates every declared table, so it cannot take tables",
+    ),
+    (
+        "destructive-without-its-own-id",
+        b'{"force_recreate_tables": true, "confirm": "tenants"}',
+        "a destructive request needs its own request_id",
+    ),
+    (
+        "accept-losses-without-dataset-recreation",
+        b'{"request_id": "%s", "force_recreate_tables": true, "confirm": "tenants", "accept_losses": ["v"]}',
+        "accept_losses applies only to force_recreate_dataset",
+    ),
     ("empty-tables", b'{"request_id": "%s", "tables": []}', "tables is empty"),
     ("oversized", b'{"request_id": "%s", "pad": "' + b"x" * 70_000 + b'"}', "larger than 65536 bytes"),
 ]

@@ -4,6 +4,7 @@ events are not acted on."""
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from collections.abc import Iterator
@@ -156,6 +157,102 @@ def test_backups_are_listed_and_restored_without_overwriting_rows(stack, inbox):
     [replaced] = sorted(set(backups(stack)) - set(before))  # what the restore overwrote, kept
     assert rows(stack, replaced, "tenants_backups") == ["tenant-40"]
     assert f"backed up {TABLE}" in forced_restore.stdout
+
+
+def post_dated(stack: Stack, data: bytes, sent: str, message_id: str) -> requests.Response:
+    """A request's messagePublished CloudEvent with the time attribute `sent`, as Eventarc posts it."""
+    headers = {
+        "ce-id": uuid.uuid4().hex,
+        "ce-specversion": "1.0",
+        "ce-source": f"//pubsub.googleapis.com/projects/{PROJECT}/topics/bootstrap-requests",
+        "ce-type": "google.cloud.pubsub.topic.v1.messagePublished",
+        "ce-time": sent,
+        "content-type": "application/json",
+    }
+    message = {"data": base64.b64encode(data).decode(), "messageId": message_id, "attributes": {}}
+    return requests.post(stack.env["FUNCTION_URL"], json={"message": message}, headers=headers, timeout=60)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def test_the_same_request_id_with_another_body_is_refused_and_touches_nothing(stack, inbox):
+    insert(stack, 50, 1)
+    push(stack, forced("reused-id"), message_id="u-0")
+    assert inbox.wait("reused-id").data["status"] == "succeeded"
+    other = json.loads(forced("reused-id"))
+    other["tables"] = ["tenant_api_keys"]
+    keys = rows(stack, "tenant_api_keys")
+    before = bigquery_snapshot(stack)
+
+    response = push(stack, json.dumps(other).encode(), message_id="u-1")
+
+    assert response.status_code in (200, 204)
+    inbox.wait("reused-id", count=2)
+    second = inbox.all("reused-id")[1]
+    assert second.data["status"] == "failed"
+    assert "request_id 'reused-id' was already used for a different request" in second.data["error"]
+    assert not second.data.get("duplicate")
+    assert bigquery_snapshot(stack) == before
+    assert rows(stack, "tenant_api_keys") == keys
+
+
+@pytest.mark.parametrize(
+    ("sent", "reason"),
+    [
+        ("yesterday-ish", "the event carries no readable time"),
+        (_iso(datetime.now(UTC) + timedelta(hours=3)), "in the future: not acted on"),
+    ],
+    ids=["unreadable time", "three hours ahead"],
+)
+def test_a_destructive_request_whose_time_cannot_be_trusted_is_refused(stack, inbox, sent, reason):
+    request_id = f"untimed-{uuid.uuid4().hex[:6]}"
+    insert(stack, 60, 1)
+    before = bigquery_snapshot(stack)
+
+    response = post_dated(stack, forced(request_id), sent, message_id=request_id)
+
+    assert response.status_code in (200, 204)
+    event = inbox.wait(request_id)
+    assert event.data["status"] == "failed"
+    assert reason in event.data["error"]
+    assert bigquery_snapshot(stack) == before
+
+
+def test_a_late_duplicate_of_a_finished_request_gets_its_recorded_answer(stack, inbox):
+    insert(stack, 70, 1)
+    push(stack, forced("late-dup"), message_id="l-0")
+    first = inbox.wait("late-dup")
+    assert first.data["status"] == "succeeded"
+    before = bigquery_snapshot(stack)
+
+    two_hours_ago = _iso(datetime.now(UTC) - timedelta(hours=2))
+    response = post_dated(stack, forced("late-dup"), two_hours_ago, message_id="l-1")
+
+    assert response.status_code in (200, 204)
+    inbox.wait("late-dup", count=2)
+    late = inbox.all("late-dup")[1]
+    assert late.data["status"] == "succeeded" and late.data["duplicate"] is True
+    assert late.data["tables"] == first.data["tables"]
+    assert bigquery_snapshot(stack) == before
+
+
+def test_rows_written_by_dml_keep_a_restore_from_overwriting_them(stack, inbox):
+    """The metadata's row count lags behind DML; `restore` asks for the rows themselves."""
+    push(stack, forced("dml-restore"), message_id="d-0")
+    [backup] = inbox.wait("dml-restore").data["backups"]
+    client = stack.bigquery_client()
+    client.query(
+        f"INSERT INTO `{PROJECT}.tenants.{TABLE}` (tenant_id, display_name, status, created_at, updated_at) "
+        "VALUES ('tenant-dml', 'd', 'active', TIMESTAMP '2026-01-01', TIMESTAMP '2026-01-01')"
+    ).result()
+
+    refused = run_cli(stack, "restore", backup["backup"].split(".")[-1])
+
+    assert refused.returncode == 1
+    assert f"{TABLE} holds rows; restoring would replace them" in refused.stderr
+    assert rows(stack) == ["tenant-dml"]
 
 
 def test_a_stale_event_is_acknowledged_with_a_failed_event_and_not_acted_on(stack, inbox):

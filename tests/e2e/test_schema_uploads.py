@@ -129,6 +129,43 @@ def test_an_incompatible_schema_is_blocked_and_changes_nothing(stack, inbox, gcs
 
 
 @pytest.mark.parametrize(
+    ("days", "phrase"),
+    [(400, "partition expiration: none -> 400 days"), (0.00001, None)],
+    ids=["set where there was none", "a fraction of a day"],
+)
+def test_an_upload_that_would_expire_partitions_deletes_nothing(stack, inbox, gcs, seeded, days, phrase):
+    """Setting (or shortening) a partition expiration makes BigQuery delete the older partitions
+    at once: from an upload it is blocked (or, below a day, invalid), never applied."""
+    table = "tenant_usage_quotas"
+    client = stack.bigquery_client()
+    ref = f"tenants.{table}"
+    assert client.insert_rows_json(ref, [{**required_row(client, ref, 3), "usage_date": "2020-01-01"}]) == []
+    rows = count(stack, table)
+    before = bigquery_snapshot(stack)
+    original = (SCHEMAS / "bootstrap.yaml").read_bytes()
+    manifest = original.replace(
+        b"time_partitioning: {type: DAY, field: usage_date}",
+        f"time_partitioning: {{type: DAY, field: usage_date, expiration_days: {days}}}".encode(),
+    )
+    assert manifest != original
+
+    generation = upload(gcs, "bootstrap.yaml", manifest)
+    event = inbox.wait(f"{BUCKET}/{PREFIX}bootstrap.yaml#{generation}")
+
+    assert event["type"] == "com.convergence.bootstrap.v1.failed"
+    if phrase is None:
+        assert "expiration_days: must be a number of days from 1 to 36500" in event.data["error"]
+    else:
+        outcome = next(t for t in event.data["tables"] if t["table"] == table)
+        assert outcome["action"] == "blocked"
+        assert phrase in outcome["error"] and "delete every partition older than" in outcome["error"]
+    assert client.get_table(ref).time_partitioning.expiration_ms is None
+    assert bigquery_snapshot(stack) == before
+    assert count(stack, table) == rows
+    restore(gcs, inbox, "bootstrap.yaml", original)
+
+
+@pytest.mark.parametrize(
     ("name", "data", "message"),
     [
         ("tenant_profiles.json", b"{not json", "is not valid JSON"),
