@@ -141,15 +141,20 @@ class BigQueryAdapter:
         return dataset_spec(ds), ds
 
     def create_dataset(
-        self, spec: DatasetSpec, access: list[bigquery.AccessEntry] | None = None, **settings: Any
+        self,
+        spec: DatasetSpec,
+        access: list[bigquery.AccessEntry] | None = None,
+        mark: dict[str, str] | None = None,
+        **settings: Any,
     ) -> bool:
         """Create it; False when another writer created it first (409). `access`: the access
         entries it starts with (a recreation keeps the old dataset's grants), else BigQuery's
-        defaults. `settings`: other Dataset properties (default_table_expiration_ms...)."""
+        defaults. `mark`: labels beyond the declared ones (a recreation's). `settings`: other
+        Dataset properties (default_table_expiration_ms...)."""
         ds = bigquery.Dataset(self.dataset_ref)
         ds.location = spec.location
         ds.description = spec.description or None
-        ds.labels = spec.label_dict
+        ds.labels = {**spec.label_dict, **(mark or {})}
         if access is not None:
             ds.access_entries = access
         for name, value in settings.items():
@@ -204,12 +209,13 @@ class BigQueryAdapter:
             return None, None
         return table_spec(table), table
 
-    def create_table(self, spec: TableSpec) -> bool:
-        """Create it; False when another writer created it first (409)."""
+    def create_table(self, spec: TableSpec, mark: dict[str, str] | None = None) -> bool:
+        """Create it; False when another writer created it first (409). `mark`: labels beyond
+        the declared ones (a recreation's)."""
+        table = new_table(self.dataset_ref, spec)
+        table.labels = {**spec.label_dict, **(mark or {})}
         try:
-            self._call(
-                f"create table {spec.name}", self.client.create_table, new_table(self.dataset_ref, spec)
-            )
+            self._call(f"create table {spec.name}", self.client.create_table, table)
         except gexc.Conflict:
             return False
         return True

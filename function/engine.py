@@ -160,6 +160,15 @@ class _Convergence:
         try:
             for _ in range(MAX_ATTEMPTS):
                 actual, obj = self.bq.get_dataset()
+                if (
+                    recreate
+                    and obj is not None
+                    and self.authorization
+                    and self.authorization.made(obj.labels)
+                ):
+                    # The last owner recreated it, then stopped before recording it.
+                    self.authorization.progress.record(DATASET_STEP)
+                    recreate = False
                 plan = self._plan_dataset(declared, actual, recreate=recreate)
                 result.dataset_action, result.dataset_changes = PAST_TENSE[plan.action], plan.changes
                 if plan.action is Action.BLOCKED:
@@ -210,11 +219,14 @@ class _Convergence:
         if plan.action is Action.RECREATE:
             self._recreate_dataset(declared, obj, objects)
             return True
-        if plan.action is Action.CREATE:
-            created = self.bq.create_dataset(declared)
-            if created and self.request.force_recreate_dataset:
-                self._authorization().progress.record(DATASET_STEP)  # an interrupted recreation, finished
+        if plan.action is Action.CREATE and self.request.force_recreate_dataset:
+            authorization = self._authorization()  # an interrupted recreation, finished
+            created = self.bq.create_dataset(declared, mark=authorization.mark)
+            if created:
+                authorization.progress.record(DATASET_STEP)
             return created
+        if plan.action is Action.CREATE:
+            return self.bq.create_dataset(declared)
         if plan.action is Action.UPDATE:
             return self.bq.patch_dataset(obj, plan.patch)  # type: ignore[arg-type]
         return True
@@ -228,7 +240,8 @@ class _Convergence:
                 self.backups.backup(item.name, authorization)
         self.bq.delete_dataset(authorization.fence("the drop of the dataset"))
         # The new dataset keeps the old one's grants, so the function never becomes its owner.
-        self.bq.create_dataset(declared, access=list(obj.access_entries) if obj is not None else None)
+        access = list(obj.access_entries) if obj is not None else None
+        self.bq.create_dataset(declared, access=access, mark=authorization.mark)
         authorization.progress.record(DATASET_STEP)
 
     # --- one table --------------------------------------------------------------------------
@@ -248,9 +261,17 @@ class _Convergence:
         if self.fresh:
             actual = obj = None
         recreate = self.request.force_recreate_tables and name not in self.done
+        if recreate and obj is not None and self.authorization and self.authorization.made(obj.labels):
+            # The last owner recreated it, then stopped before recording it: record it now.
+            self.authorization.progress.record(name)
+            return TableResult(name, "recreated", ("recreated by an earlier delivery of this request",))
         try:
             for _ in range(MAX_ATTEMPTS):
                 plan = plan_table(spec, actual, recreate=recreate)
+                if plan.action is Action.UNCHANGED and name in self.done:
+                    return TableResult(
+                        name, "recreated", ("recreated by an earlier delivery of this request",)
+                    )
                 if self.request.dry_run or plan.action in (Action.UNCHANGED, Action.BLOCKED):
                     return _result(plan)
                 if self._apply_table(plan, obj, recreate):
@@ -265,16 +286,19 @@ class _Convergence:
     def _apply_table(self, plan: TablePlan, obj: bigquery.Table | None, forced: bool) -> bool:
         """Apply one plan; False when a concurrent writer got there first."""
         spec = self.declared.tables[plan.table]
-        if plan.action is Action.CREATE:
-            created = self.bq.create_table(spec)
-            if created and forced:
-                self._authorization().progress.record(spec.name)  # an interrupted recreation, finished
+        if plan.action is Action.CREATE and forced:  # an interrupted recreation, finished
+            authorization = self._authorization()
+            created = self.bq.create_table(spec, mark=authorization.mark)
+            if created:
+                authorization.progress.record(spec.name)
             return created
+        if plan.action is Action.CREATE:
+            return self.bq.create_table(spec)
         if plan.action is Action.RECREATE:
             authorization = self._authorization()
             self.backups.backup(spec.name, authorization)  # raises, leaving the table in place
             self.bq.delete_table(spec.name, authorization.fence(f"the drop of {spec.name}"))
-            self.bq.create_table(spec)
+            self.bq.create_table(spec, mark=authorization.mark)
             authorization.progress.record(spec.name)
             return True
         return self.bq.patch_table(obj, plan.patch)  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ function always has a ledger; the CLI works without one (`Unrecorded`) and says 
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ if TYPE_CHECKING:  # the ledger (and the storage client) load only for destructi
     from .ledger import Entry, Ledger
 
 DATASET_STEP = "(dataset)"  # the ledger's name of a dataset recreation
+RECREATED_LABEL = "bootstrap-recreated-by"
 
 
 class Progress(Protocol):
@@ -118,6 +120,17 @@ class Authorization:
     @property
     def done(self) -> frozenset[str]:
         return self.progress.done
+
+    @property
+    def mark(self) -> dict[str, str]:
+        """The label a table or dataset recreated by this request carries. A delivery that took
+        the request over finds it on what the last owner recreated but could not record, and
+        records it instead of dropping it a second time."""
+        return {RECREATED_LABEL: hashlib.sha256(self.request.request_id.encode()).hexdigest()[:40]}
+
+    def made(self, labels: dict[str, str] | None) -> bool:
+        """Did this request make the table or dataset carrying `labels`?"""
+        return (labels or {}).get(RECREATED_LABEL) == self.mark[RECREATED_LABEL]
 
 
 def check_consents(request: BootstrapRequest, settings: Settings) -> None:

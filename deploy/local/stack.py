@@ -381,6 +381,15 @@ class Stack:
         self._check_component(component)
         self._stop_pieces([component])
 
+    def crash(self, component: str) -> None:
+        """SIGKILL the piece's process group at once: no graceful stop (gunicorn would finish
+        the requests in flight first), as when an instance dies."""
+        self._check_component(component)
+        piece = self._pieces.get(component)
+        if piece is not None:
+            _signal_group(piece.proc.pid, signal.SIGKILL)
+        self._stop_pieces([component])
+
     def restart(self, component: str) -> None:
         self._check_component(component)
         if self._lock_file is None:

@@ -49,6 +49,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "SCHEMA_SOURCE": f"gs://{BUCKET}/{PREFIX}",
             "BOOTSTRAP_RETRY_DEADLINE": "2",
             "ALLOW_DESTRUCTIVE": "true",
+            # A short timeout, so that the lease of a killed delivery (timeout + 10 s) runs out
+            # within the test.
+            "BOOTSTRAP_TIMEOUT": "20",
         },
     )
     with Stack(config) as stack:
@@ -244,4 +247,62 @@ def test_a_lost_answer_to_a_ledger_write_does_not_stall_a_forced_recreation(
     new_backups = {t.table_id for t in client.list_tables("tenants_backups")} - backups_before
     assert len(new_backups) == 1  # dropped once, backed up once
     assert count_rows(stack, table) == 0
+    assert differences(client, "tenants", declared) == []
+
+
+def tenant_ids(stack: Stack, dataset: str, table: str) -> set[str]:
+    query = f"SELECT tenant_id FROM `{stack.config.project}.{dataset}.{table}`"
+    return {r["tenant_id"] for r in stack.bigquery_client().query(query).result()}
+
+
+def test_eight_forced_tables_with_the_function_killed_between_two_recreations(
+    stack, proxies, tap, inbox, gcs, declared
+):
+    """A forced recreation of every table; the function process is killed while one drop is
+    in flight, after others are done. Pub/Sub delivers the request again; the new process
+    waits out the dead one's lease, takes the request over and finishes it. Each table is
+    dropped once, and every row written before the request is in the table or in a backup."""
+    bq = proxies["bigquery"]
+    client = stack.bigquery_client()
+    written = {table: tenant_ids(stack, "tenants", table) for table in TABLES}  # the seed's rows
+    assert sum(map(len, written.values())) >= ROWS * (len(TABLES) - 1)
+    slow = TABLES[4]
+    bq.reset()
+    tap.reset()
+    bq.faults = FaultPlan(
+        probability=1.0, kinds=("delay",), method="DELETE", path_regex=f"/tables/{slow}$", delay=4.0
+    )
+    body = {"request_id": "killed-forced", "force_recreate_tables": True, "confirm": "tenants"}
+    try:
+        publish(stack, body)
+
+        def dropped() -> dict[str, int]:
+            out: dict[str, int] = {}
+            for r in bq.requests():
+                if r.method == "DELETE" and r.status in (200, 204):
+                    name = r.path.split("?")[0].rsplit("/", 1)[-1]
+                    out[name] = out.get(name, 0) + 1
+            return out
+
+        wait_for(lambda: len(dropped()) >= 2, what="two tables dropped")
+        stack.crash("function")
+        assert inbox.all("killed-forced") == []
+    finally:
+        bq.faults = None
+        stack.restart("function")
+
+    event = inbox.wait("killed-forced", timeout=180)
+
+    assert event.data["status"] == "succeeded", event.data
+    assert {t["action"] for t in event.data["tables"]} <= {"recreated", "created"}
+    forced_tables = [t["table"] for t in event.data["tables"]]
+    assert set(TABLES) <= set(forced_tables)
+    assert dropped() == dict.fromkeys(forced_tables, 1)
+    backups = event.data["backups"]
+    for table, ids in written.items():
+        kept = tenant_ids(stack, "tenants", table)
+        for b in backups:
+            if b["table"] == table:
+                kept |= tenant_ids(stack, "tenants_backups", b["backup"].split(".")[-1])
+        assert ids <= kept, table
     assert differences(client, "tenants", declared) == []

@@ -37,6 +37,14 @@ def columns(fields: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     ]
 
 
+# The README's marker of a table or dataset that a forced recreation made: not declared state.
+RECREATION_MARKER = "bootstrap-recreated-by"
+
+
+def _declared_part(labels: dict[str, str] | None) -> dict[str, str]:
+    return {k: v for k, v in (labels or {}).items() if k != RECREATION_MARKER}
+
+
 def differences(client: bigquery.Client, dataset: str, files: Mapping[str, bytes]) -> list[str]:
     """Every way BigQuery's `dataset` differs from the declared files (`name` -> bytes)."""
     manifest = yaml.safe_load(files.get("bootstrap.yaml") or b"") or {}
@@ -46,7 +54,7 @@ def differences(client: bigquery.Client, dataset: str, files: Mapping[str, bytes
     declared_ds = manifest.get("dataset") or {}
     if (ds.description or "") != (declared_ds.get("description") or ""):
         out.append(f"dataset description {ds.description!r}")
-    if (ds.labels or {}) != (declared_ds.get("labels") or {}):
+    if _declared_part(ds.labels) != (declared_ds.get("labels") or {}):
         out.append(f"dataset labels {ds.labels}")
     for name, data in sorted(files.items()):
         if not name.endswith(".json"):
@@ -63,7 +71,7 @@ def differences(client: bigquery.Client, dataset: str, files: Mapping[str, bytes
         entry = entries.get(table_id) or {}
         if (table.description or "") != (entry.get("description") or ""):
             out.append(f"{table_id}: description {table.description!r}")
-        if (table.labels or {}) != (entry.get("labels") or {}):
+        if _declared_part(table.labels) != (entry.get("labels") or {}):
             out.append(f"{table_id}: labels {table.labels}")
         partitioning = entry.get("time_partitioning")
         field = table.time_partitioning.field if table.time_partitioning else None
