@@ -148,7 +148,8 @@ require_tool() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# gcloud wrappers. Every call gets --project. Three kinds:
+# gcloud and bq wrappers. Every gcloud call gets --project; a call whose first word is bq runs
+# BigQuery's CLI (it comes with gcloud) with --project_id instead. Three kinds:
 #   exists ARGS...   a describe: returns 0 (found, output in OUT) or 1 (NOT_FOUND); any other
 #                    failure (permission, disabled API, network) stops the script.
 #   query ARGS...    a read that must succeed; output in OUT.
@@ -162,6 +163,11 @@ ERR_FILE="$WORK/stderr"
 GCLOUD_ARGV=()
 
 _argv() {
+  if [[ $1 == bq ]]; then
+    shift
+    GCLOUD_ARGV=(bq "--project_id=$GOOGLE_CLOUD_PROJECT" "$@")
+    return 0
+  fi
   GCLOUD_ARGV=(gcloud "$@")
   local a
   for a in "$@"; do
@@ -170,9 +176,11 @@ _argv() {
   GCLOUD_ARGV+=("--project=$GOOGLE_CLOUD_PROJECT")
 }
 
+# bq prints its errors on stdout, gcloud on stderr: both are shown, and searched for NOT_FOUND.
 _failed() {
+  [[ -z $OUT ]] || printf '%s\n' "$OUT" >&2
   cat "$ERR_FILE" >&2
-  die "this gcloud command failed (exit $1): $(quote_cmd "${GCLOUD_ARGV[@]}")"
+  die "this command failed (exit $1): $(quote_cmd "${GCLOUD_ARGV[@]}")"
 }
 
 exists() {
@@ -187,7 +195,9 @@ exists() {
   if ((rc == 0)); then
     return 0
   fi
-  if grep -Eqi 'not[ _]?found|does not exist|404' "$ERR_FILE"; then
+  if grep -Eqi 'not[ _]?found|does not exist|404' "$ERR_FILE" ||
+    grep -Eqi 'not[ _]?found|does not exist|404' <<<"$OUT"; then
+    OUT=""
     return 1
   fi
   _failed "$rc"
@@ -214,7 +224,7 @@ mutate() {
   log "+ $(quote_cmd "${GCLOUD_ARGV[@]}")"
   local rc=0
   "${GCLOUD_ARGV[@]}" >&2 || rc=$?
-  ((rc == 0)) || die "this gcloud command failed (exit $rc): $(quote_cmd "${GCLOUD_ARGV[@]}")"
+  ((rc == 0)) || die "this command failed (exit $rc): $(quote_cmd "${GCLOUD_ARGV[@]}")"
 }
 
 # A change that may race IAM propagation (a service account or grant made seconds ago): tried
@@ -232,7 +242,7 @@ mutate_retry() {
     "${GCLOUD_ARGV[@]}" >&2 || rc=$?
     ((rc == 0)) && return 0
     ((attempt < 7)) ||
-      die "this gcloud command failed $attempt times (exit $rc): $(quote_cmd "${GCLOUD_ARGV[@]}")"
+      die "this command failed $attempt times (exit $rc): $(quote_cmd "${GCLOUD_ARGV[@]}")"
     log "attempt $attempt failed (IAM changes take a moment to propagate); retrying in ${wait}s"
     sleep "$wait"
     attempt=$((attempt + 1))

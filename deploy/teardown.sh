@@ -142,27 +142,9 @@ for bucket in "$BOOTSTRAP_SCHEMA_BUCKET" "$BOOTSTRAP_STATE_BUCKET"; do
 done
 
 bq_delete_dataset() { # DATASET
-  local ref="$P:$1" argv rc=0
-  argv=(bq "--project_id=$P" show --format=none "$ref")
-  if ((DRY_RUN)); then
-    quote_cmd "${argv[@]}"
-  else
-    "${argv[@]}" >/dev/null 2>"$ERR_FILE" || rc=$?
-    if ((rc != 0)); then
-      if grep -Eqi 'not[ _]?found|does not exist|404' "$ERR_FILE"; then
-        return 0
-      fi
-      cat "$ERR_FILE" >&2
-      die "this bq command failed (exit $rc): $(quote_cmd "${argv[@]}")"
-    fi
+  if exists bq show --format=none --dataset "$P:$1" || ((DRY_RUN)); then
+    mutate bq rm --recursive --force --dataset "$P:$1"
   fi
-  argv=(bq "--project_id=$P" rm --recursive --force --dataset "$ref")
-  if ((DRY_RUN)); then
-    quote_cmd "${argv[@]}"
-    return 0
-  fi
-  log "+ $(quote_cmd "${argv[@]}")"
-  "${argv[@]}" >&2 || die "this bq command failed: $(quote_cmd "${argv[@]}")"
 }
 if ((DELETE_DATASET)); then
   bq_delete_dataset "$BOOTSTRAP_DATASET"

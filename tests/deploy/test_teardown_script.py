@@ -80,6 +80,16 @@ def test_dataset_flag_alone_keeps_the_backups(deployed: Harness) -> None:
     assert not run.find("storage", "rm")
 
 
+def test_deleting_datasets_that_are_gone_is_no_error(deployed: Harness) -> None:
+    harness = deployed
+    state = harness.read_state()
+    for name in ("tenants", "tenants_backups"):
+        state["resources"].pop(f"dataset/{name}", None)
+    harness.write_state(state)
+    run = ok(harness.teardown("--delete-dataset", "--delete-backups"))
+    assert not run.find("rm", prog="bq")
+
+
 def test_second_teardown_changes_nothing(deployed: Harness) -> None:
     harness = deployed
     ok(with_datasets(harness).teardown("--delete-buckets"))
