@@ -114,6 +114,11 @@ validate_common_settings() {
     '^[A-Za-z0-9_]{1,1024}$' 'letters, digits and underscores'
   check "backup dataset (--backup-dataset, BOOTSTRAP_BACKUP_DATASET)" \
     "$BOOTSTRAP_BACKUP_DATASET" '^[A-Za-z0-9_]{1,1024}$' 'letters, digits and underscores'
+  # Compared without case, to be safe with case-insensitive datasets.
+  [[ $(tr '[:upper:]' '[:lower:]' <<<"$BOOTSTRAP_BACKUP_DATASET") != \
+    $(tr '[:upper:]' '[:lower:]' <<<"$BOOTSTRAP_DATASET") ]] ||
+    usage_error "the backup dataset must differ from the dataset (both are $BOOTSTRAP_DATASET):" \
+      "a forced recreation of the dataset would delete its own backups"
   check "location (--location, BOOTSTRAP_LOCATION)" "$BOOTSTRAP_LOCATION" \
     '^[A-Za-z0-9-]+$' 'a BigQuery location such as US, EU or us-central1'
   local bucket='^[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]$' topic='^[A-Za-z][A-Za-z0-9._~+%-]{2,254}$'
