@@ -141,8 +141,20 @@ validate_common_settings() {
   RUNTIME_SA="${prefix}-run@${GOOGLE_CLOUD_PROJECT}.iam.gserviceaccount.com"
   TRIGGER_SA="${prefix}-trigger@${GOOGLE_CLOUD_PROJECT}.iam.gserviceaccount.com"
   BUILD_SA="${prefix}-build@${GOOGLE_CLOUD_PROJECT}.iam.gserviceaccount.com"
+  # The function's custom roles (IDs: letters, digits, underscores; at most 64). Each is granted
+  # where the README's "Roles, and why each one" says: the first on the dataset, always; the
+  # others only with --allow-destructive (the destructive one on the dataset, the backups one on
+  # the backup dataset, the jobs one on the project). Earlier versions granted the first on the
+  # project.
   CUSTOM_ROLE_ID=${BOOTSTRAP_FUNCTION//-/_}
+  DESTRUCTIVE_ROLE_ID=${CUSTOM_ROLE_ID}_destructive
+  BACKUP_ROLE_ID=${CUSTOM_ROLE_ID}_backups
+  JOBS_ROLE_ID=${CUSTOM_ROLE_ID}_jobs
+  CUSTOM_ROLE_IDS=("$CUSTOM_ROLE_ID" "$DESTRUCTIVE_ROLE_ID" "$BACKUP_ROLE_ID" "$JOBS_ROLE_ID")
   CUSTOM_ROLE="projects/${GOOGLE_CLOUD_PROJECT}/roles/${CUSTOM_ROLE_ID}"
+  DESTRUCTIVE_ROLE="projects/${GOOGLE_CLOUD_PROJECT}/roles/${DESTRUCTIVE_ROLE_ID}"
+  BACKUP_ROLE="projects/${GOOGLE_CLOUD_PROJECT}/roles/${BACKUP_ROLE_ID}"
+  JOBS_ROLE="projects/${GOOGLE_CLOUD_PROJECT}/roles/${JOBS_ROLE_ID}"
   STORAGE_TRIGGER="${BOOTSTRAP_FUNCTION}-schema-uploads"
   DEAD_LETTER_SUBSCRIPTION="${BOOTSTRAP_DEAD_LETTER_TOPIC}-sub"
   COMPLETION_SUBSCRIPTION="${COMPLETION_TOPIC}-watch"
@@ -325,4 +337,71 @@ remove_binding() {
 forget_policy() {
   POLICY_KEY=""
   POLICY=""
+}
+
+# ---------------------------------------------------------------------------------------------
+# BigQuery datasets and the runtime account's entries in their access lists.
+#
+# The function's BigQuery grants are entries in its two datasets' access lists, not bindings on
+# the project. BigQuery's documented way to change them with bq ("Control access to resources
+# with IAM", https://cloud.google.com/bigquery/docs/control-access-to-resources-iam, Grant
+# access to a dataset, bq): `bq show --format=prettyjson` the dataset, edit its "access"
+# section, apply it with `bq update --source FILE`. An entry's role is "an IAM role ID" (the
+# Dataset resource's reference, https://cloud.google.com/bigquery/docs/reference/rest/v2/datasets),
+# custom roles included. deploy/dataset_access.py does the editing, and touches only the runtime
+# account's entries.
+
+DATASET_LOCATION=""
+DATASET_ETAG=""
+DATASET_ROLES="" # the runtime account's roles in the access list, sorted, comma-separated
+# What set_access takes the account to hold in a dataset under --dry-run, which reads nothing.
+DRY_RUN_ROLES=""
+
+# _access DATASET [dataset_access.py flags...]: DATASET_LOCATION, DATASET_ETAG and DATASET_ROLES
+# from $WORK/DATASET.json (what bq show printed).
+_access() {
+  local ds=$1 line
+  shift
+  line=$(python3 "$ROOT/deploy/dataset_access.py" --email "$RUNTIME_SA" "$@" <"$WORK/$ds.json") ||
+    die "could not read the access entries of dataset $GOOGLE_CLOUD_PROJECT:$ds"
+  IFS='|' read -r DATASET_LOCATION DATASET_ETAG DATASET_ROLES <<<"$line"
+}
+
+# describe_dataset DATASET: 0 if it exists (what bq show printed in $WORK/DATASET.json, and
+# DATASET_LOCATION, DATASET_ETAG, DATASET_ROLES set), 1 if not (all of them empty).
+describe_dataset() {
+  DATASET_LOCATION="" DATASET_ETAG="" DATASET_ROLES=""
+  if exists bq show --format=json --dataset "$GOOGLE_CLOUD_PROJECT:$1"; then
+    printf '%s\n' "$OUT" >"$WORK/$1.json"
+    _access "$1"
+    return 0
+  fi
+  : >"$WORK/$1.json"
+  return 1
+}
+
+# set_access DATASET ROLE...: the runtime account holds exactly ROLE... in DATASET's access list
+# (no ROLE: no entry at all); every other entry stays as it is. Reads $WORK/DATASET.json, so
+# describe the dataset (or create it and show it) first. The update is made only if something
+# differs, and carries the etag that was read: a change made to the dataset in between makes it
+# fail instead of being overwritten. Retried: a service account or custom role made seconds ago
+# may not be known to BigQuery yet.
+set_access() {
+  local ds=$1 want source="$WORK/$1.access.json" role
+  shift
+  want=$(printf '%s\n' "$@" | LC_ALL=C sort -u | paste -sd, -)
+  local flags=(--out "$source")
+  for role in "$@"; do
+    flags+=(--want "$role")
+  done
+  if ((DRY_RUN)); then
+    DATASET_ETAG='<etag>'
+    DATASET_ROLES=$DRY_RUN_ROLES
+    source="<$ds's access entries as bq show printed them, with $RUNTIME_SA's replaced by: ${want:-none}>"
+  else
+    _access "$ds" "${flags[@]}"
+  fi
+  [[ $DATASET_ROLES != "$want" ]] || return 0
+  mutate_retry bq update --dataset --update_mode=update_acl --source="$source" \
+    --etag="$DATASET_ETAG" "$GOOGLE_CLOUD_PROJECT:$ds"
 }
