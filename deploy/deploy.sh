@@ -16,7 +16,7 @@ Sets up everything the tenants bootstrap function needs in one Google Cloud proj
 it: the APIs; three service accounts (runtime, trigger, build) with least privilege; the BigQuery
 dataset and backup dataset, whose access entries hold the function's BigQuery grants (it owns
 neither); the requests, completion and dead-letter topics; the schema bucket (versioned, seeded
-from schemas/) and the state bucket; the gen2 function with its Pub/Sub trigger on the
+from schemas/) and the state bucket (versioned); the gen2 function with its Pub/Sub trigger on the
 requests topic (retries on); an Eventarc trigger for schema uploads; dead-lettering on both
 trigger subscriptions.
 
@@ -378,34 +378,34 @@ ensure_binding "pubsub topics" "$BOOTSTRAP_DEAD_LETTER_TOPIC" roles/pubsub.publi
 # ---------------------------------------------------------------------------------------------
 # 5. Buckets
 
-BUCKET_FIELDS="value[separator='|'](location,versioning_enabled,uniform_bucket_level_access,labels.schema_digest)"
-SCHEMA_BUCKET_LOCATION=$R
-SCHEMA_DIGEST_LABEL=""
-if exists storage buckets describe "gs://$BOOTSTRAP_SCHEMA_BUCKET" --format="$BUCKET_FIELDS"; then
-  IFS='|' read -r location versioning uniform SCHEMA_DIGEST_LABEL <<<"$OUT"
-  SCHEMA_BUCKET_LOCATION=$(tr '[:upper:]' '[:lower:]' <<<"$location")
-  if [[ $uniform != True ]]; then
-    mutate storage buckets update "gs://$BOOTSTRAP_SCHEMA_BUCKET" --uniform-bucket-level-access
+# Both buckets: uniform bucket-level access, public access prevention enforced, object
+# versioning on (every uploaded schema, every ledger entry stays in the bucket's history). A
+# bucket made earlier, by an older version of this script or by hand, gets what it lacks.
+BUCKET_FIELDS="value[separator='|'](location,versioning_enabled,uniform_bucket_level_access,public_access_prevention,labels.schema_digest)"
+ensure_bucket() { # BUCKET: sets BUCKET_LOCATION and BUCKET_DIGEST_LABEL
+  local bucket=gs://$1 versioning uniform pap
+  BUCKET_LOCATION=$R
+  BUCKET_DIGEST_LABEL=""
+  if exists storage buckets describe "$bucket" --format="$BUCKET_FIELDS"; then
+    IFS='|' read -r BUCKET_LOCATION versioning uniform pap BUCKET_DIGEST_LABEL <<<"$OUT"
+    if [[ $uniform != True ]]; then
+      mutate storage buckets update "$bucket" --uniform-bucket-level-access
+    fi
+    if [[ $pap != enforced ]]; then
+      mutate storage buckets update "$bucket" --public-access-prevention
+    fi
+  else
+    mutate storage buckets create "$bucket" --location="$R" \
+      --uniform-bucket-level-access --public-access-prevention
   fi
-  if [[ $versioning != True ]]; then
-    mutate storage buckets update "gs://$BOOTSTRAP_SCHEMA_BUCKET" --versioning
+  if [[ ${versioning:-} != True ]]; then
+    mutate storage buckets update "$bucket" --versioning
   fi
-else
-  mutate storage buckets create "gs://$BOOTSTRAP_SCHEMA_BUCKET" --location="$R" \
-    --uniform-bucket-level-access --public-access-prevention
-  # Every uploaded schema stays in the bucket's history.
-  mutate storage buckets update "gs://$BOOTSTRAP_SCHEMA_BUCKET" --versioning
-fi
-
-if exists storage buckets describe "gs://$BOOTSTRAP_STATE_BUCKET" --format="$BUCKET_FIELDS"; then
-  IFS='|' read -r _ _ uniform _ <<<"$OUT"
-  if [[ $uniform != True ]]; then
-    mutate storage buckets update "gs://$BOOTSTRAP_STATE_BUCKET" --uniform-bucket-level-access
-  fi
-else
-  mutate storage buckets create "gs://$BOOTSTRAP_STATE_BUCKET" --location="$R" \
-    --uniform-bucket-level-access --public-access-prevention
-fi
+}
+ensure_bucket "$BOOTSTRAP_SCHEMA_BUCKET"
+SCHEMA_BUCKET_LOCATION=$(lower "$BUCKET_LOCATION")
+SCHEMA_DIGEST_LABEL=$BUCKET_DIGEST_LABEL
+ensure_bucket "$BOOTSTRAP_STATE_BUCKET"
 
 ensure_binding "storage buckets" "gs://$BOOTSTRAP_SCHEMA_BUCKET" roles/storage.objectViewer \
   "serviceAccount:$RUNTIME_SA"

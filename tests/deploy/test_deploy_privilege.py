@@ -2,7 +2,7 @@
 are entries in its two datasets' access lists (which deploy.sh creates, so the function owns
 neither); nothing BigQuery on the project but, with --allow-destructive, a role of two
 permissions; a run without the flag takes every destructive permission back, an upgrade loses
-what earlier versions granted on the project."""
+what earlier versions granted on the project; the buckets are private and versioned."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from deploy_harness import PROJECT, Harness, Run
 
 RUNTIME_SA = f"tenants-bootstrap-run@{PROJECT}.iam.gserviceaccount.com"
 MEMBER = f"serviceAccount:{RUNTIME_SA}"
+SCHEMA_BUCKET = f"{PROJECT}-tenant-schemas"
+STATE_BUCKET = f"{PROJECT}-bootstrap-state"
 
 
 def role(name: str) -> str:
@@ -318,6 +320,49 @@ def test_a_dataset_in_another_location_stops_the_run(harness: Harness, dataset: 
     assert [c.words[-1] for c in again.find("mk", prog="bq")] == [
         f"{PROJECT}:{other}" for other in ("tenants", "tenants_backups") if other != dataset
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Buckets
+
+
+def test_existing_buckets_get_public_access_prevention_and_the_state_bucket_versioning(
+    harness: Harness,
+) -> None:
+    bucket = {
+        "location": "US-CENTRAL1",
+        "uniform_bucket_level_access": True,
+        "public_access_prevention": "inherited",
+        "labels": {},
+    }
+    harness.write_state(
+        {
+            "services": [],
+            "policies": {},
+            "resources": {
+                f"bucket/{SCHEMA_BUCKET}": {**bucket, "name": SCHEMA_BUCKET, "versioning_enabled": True},
+                f"bucket/{STATE_BUCKET}": {**bucket, "name": STATE_BUCKET, "versioning_enabled": None},
+            },
+        }
+    )
+    run = ok(harness.deploy())
+    assert not run.find("storage", "buckets", "create")
+    updates = sorted(
+        (c.words[3], flag)
+        for c in run.find("storage", "buckets", "update")
+        for flag in c.flags
+        if flag in ("public-access-prevention", "versioning")
+    )
+    assert updates == [
+        (f"gs://{STATE_BUCKET}", "public-access-prevention"),
+        (f"gs://{STATE_BUCKET}", "versioning"),
+        (f"gs://{SCHEMA_BUCKET}", "public-access-prevention"),
+    ]
+    state = harness.read_state()
+    for name in (SCHEMA_BUCKET, STATE_BUCKET):
+        assert state["resources"][f"bucket/{name}"]["public_access_prevention"] == "enforced"
+        assert state["resources"][f"bucket/{name}"]["versioning_enabled"] is True
+    assert ok(harness.deploy()).mutations == []
 
 
 # ---------------------------------------------------------------------------------------------

@@ -199,14 +199,15 @@ def test_three_dedicated_service_accounts(first: Run) -> None:
     assert created == {"tenants-bootstrap-run", "tenants-bootstrap-trigger", "tenants-bootstrap-build"}
 
 
-def test_buckets_uniform_and_schema_bucket_versioned(first: Run) -> None:
+def test_buckets_uniform_private_and_versioned(first: Run) -> None:
     created = {c.words[3]: c for c in first.find("storage", "buckets", "create")}
     assert set(created) == {f"gs://{SCHEMA_BUCKET}", f"gs://{STATE_BUCKET}"}
     for call in created.values():
         assert "uniform-bucket-level-access" in call.flags
+        assert "public-access-prevention" in call.flags
         assert call.flag("location") == "us-central1"
     versioned = [c.words[3] for c in first.find("storage", "buckets", "update") if "versioning" in c.flags]
-    assert versioned == [f"gs://{SCHEMA_BUCKET}"]
+    assert versioned == [f"gs://{SCHEMA_BUCKET}", f"gs://{STATE_BUCKET}"]
 
 
 def test_seeds_the_schema_bucket_through_the_project_sync(first: Run, first_harness: Harness) -> None:
@@ -330,6 +331,7 @@ def test_trigger_lives_where_an_existing_schema_bucket_lives(harness: Harness) -
                     "location": "US",
                     "uniform_bucket_level_access": True,
                     "versioning_enabled": True,
+                    "public_access_prevention": "enforced",
                     "labels": {},
                 }
             },
