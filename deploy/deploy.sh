@@ -43,6 +43,10 @@ Switches:
                         jobs, the dataset's recreation). Only this flag does it (an
                         ALLOW_DESTRUCTIVE variable in your shell is ignored); a later run
                         without it takes all of it back.
+  --requester MEMBER    may publish bootstrap requests: roles/pubsub.publisher on the requests
+                        topic only, for MEMBER (user:EMAIL, group:EMAIL, serviceAccount:EMAIL,
+                        ...). Repeatable. Grants are added, never removed: revoke one with
+                        gcloud pubsub topics remove-iam-policy-binding.
   --force-redeploy      redeploy the function even if its source and settings are unchanged
   --skip-schema-sync    leave the objects in the schema bucket as they are
   --dry-run             print every command, run none (needs no credentials)
@@ -70,6 +74,7 @@ BOOTSTRAP_CONCURRENCY=${BOOTSTRAP_CONCURRENCY:-32}
 ALLOW_DESTRUCTIVE=false # only --allow-destructive sets it
 FORCE_REDEPLOY=0
 SKIP_SYNC=0
+REQUESTERS=()
 
 set_flag() {
   set_common_flag "$1" "$2" && return 0
@@ -83,6 +88,7 @@ set_flag() {
     --max-event-age) BOOTSTRAP_MAX_EVENT_AGE=$2 ;;
     --retry-deadline) BOOTSTRAP_RETRY_DEADLINE=$2 ;;
     --concurrency) BOOTSTRAP_CONCURRENCY=$2 ;;
+    --requester) REQUESTERS+=("$2") ;;
     *) usage_error "unknown option '$1'" ;;
   esac
 }
@@ -130,6 +136,11 @@ check "retry deadline (--retry-deadline, BOOTSTRAP_RETRY_DEADLINE)" "$BOOTSTRAP_
   "$positive" 'a positive number of seconds'
 check "concurrency (--concurrency, BOOTSTRAP_CONCURRENCY)" "$BOOTSTRAP_CONCURRENCY" \
   "$positive" 'a positive integer'
+for requester in ${REQUESTERS[@]+"${REQUESTERS[@]}"}; do
+  check "requester (--requester)" "$requester" \
+    '^(user|group|serviceAccount|domain|principal|principalSet):[^[:space:],]+$' \
+    'an IAM member such as user:EMAIL, group:EMAIL or serviceAccount:EMAIL'
+done
 
 if [[ -z ${PYTHON:-} ]]; then
   if [[ -x $ROOT/.venv/bin/python ]]; then
@@ -372,6 +383,10 @@ ensure_pull_subscription "$COMPLETION_SUBSCRIPTION" "$COMPLETION_TOPIC"
 
 ensure_binding "pubsub topics" "$COMPLETION_TOPIC" roles/pubsub.publisher \
   "serviceAccount:$RUNTIME_SA"
+# Who may send bootstrap requests, besides those with pubsub.topics.publish on the whole project.
+for requester in ${REQUESTERS[@]+"${REQUESTERS[@]}"}; do
+  ensure_binding "pubsub topics" "$BOOTSTRAP_REQUESTS_TOPIC" roles/pubsub.publisher "$requester"
+done
 ensure_binding "pubsub topics" "$BOOTSTRAP_DEAD_LETTER_TOPIC" roles/pubsub.publisher \
   "serviceAccount:$PUBSUB_AGENT"
 

@@ -2,7 +2,8 @@
 are entries in its two datasets' access lists (which deploy.sh creates, so the function owns
 neither); nothing BigQuery on the project but, with --allow-destructive, a role of two
 permissions; a run without the flag takes every destructive permission back, an upgrade loses
-what earlier versions granted on the project; the buckets are private and versioned."""
+what earlier versions granted on the project; the buckets are private and versioned; and who may
+publish bootstrap requests."""
 
 from __future__ import annotations
 
@@ -388,3 +389,29 @@ def test_a_backup_dataset_equal_to_the_dataset_is_refused_before_any_command(
     assert "delete its own backups" in run.stderr
     assert run.calls == [] and run.stdout == ""
     assert harness.run(script, *args, **env).calls == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Who may publish bootstrap requests
+
+
+def test_requesters_may_publish_on_the_requests_topic_only(deployed: Harness) -> None:
+    harness = deployed
+    members = ["user:ann@example.com", "group:tenant-ops@example.com"]
+    run = ok(harness.deploy("--requester", members[0], f"--requester={members[1]}"))
+    assert {g for g in run.grants()} == {
+        ("pubsub topics", "bootstrap-requests", "roles/pubsub.publisher", member) for member in members
+    }
+    policy = harness.read_state()["policies"]["topic/bootstrap-requests"]
+    assert sorted(m for r, m in policy if r == "roles/pubsub.publisher") == sorted(members)
+    assert ok(harness.deploy("--requester", members[0], "--requester", members[1])).mutations == []
+    # Added, never removed by a run without them.
+    assert ok(harness.deploy()).mutations == []
+
+
+@pytest.mark.parametrize("member", ["ann@example.com", "user:", "owner:ann@example.com", "user:a b"])
+def test_a_requester_that_is_no_member_is_refused_before_any_command(harness: Harness, member: str) -> None:
+    run = harness.deploy("--requester", member)
+    assert run.rc == 2
+    assert "requester (--requester)" in run.stderr
+    assert run.calls == []
