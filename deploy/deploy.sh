@@ -13,10 +13,12 @@ usage() {
 Usage: deploy/deploy.sh --project PROJECT_ID [settings] [switches]
 
 Sets up everything the tenants bootstrap function needs in one Google Cloud project and deploys
-it: the APIs; three service accounts (runtime, trigger, build) with least privilege; the requests,
-completion and dead-letter topics; the schema bucket (versioned, seeded from schemas/) and the
-state bucket; the gen2 function with its Pub/Sub trigger on the requests topic (retries on); an
-Eventarc trigger for schema uploads; dead-lettering on both trigger subscriptions.
+it: the APIs; three service accounts (runtime, trigger, build) with least privilege; the BigQuery
+dataset and backup dataset, whose access entries hold the function's BigQuery grants (it owns
+neither); the requests, completion and dead-letter topics; the schema bucket (versioned, seeded
+from schemas/) and the state bucket (versioned); the gen2 function with its Pub/Sub trigger on the
+requests topic (retries on); an Eventarc trigger for schema uploads; dead-lettering on both
+trigger subscriptions.
 
 Every resource is described before it is created or changed, so a second run with the same code
 and settings changes nothing. The function is redeployed only when its uploaded source (per
@@ -35,10 +37,16 @@ $SETTINGS_HELP
 
 Switches:
   --allow-destructive   deploy with ALLOW_DESTRUCTIVE=true and give the function what
-                        force_recreate_* requests need: BigQuery delete permissions, and the
-                        row access and job runner role of the backup copies made first. Only
-                        this flag does it (an ALLOW_DESTRUCTIVE variable in your shell is
-                        ignored); a later run without it takes all of it back.
+                        force_recreate_* requests need: delete and row-read permissions on the
+                        dataset, write permissions on the backup dataset, and on the project
+                        only bigquery.jobs.create and bigquery.datasets.create (the backup copy
+                        jobs, the dataset's recreation). Only this flag does it (an
+                        ALLOW_DESTRUCTIVE variable in your shell is ignored); a later run
+                        without it takes all of it back.
+  --requester MEMBER    may publish bootstrap requests: roles/pubsub.publisher on the requests
+                        topic only, for MEMBER (user:EMAIL, group:EMAIL, serviceAccount:EMAIL,
+                        ...). Repeatable. Grants are added, never removed: revoke one with
+                        gcloud pubsub topics remove-iam-policy-binding.
   --force-redeploy      redeploy the function even if its source and settings are unchanged
   --skip-schema-sync    leave the objects in the schema bucket as they are
   --dry-run             print every command, run none (needs no credentials)
@@ -66,6 +74,7 @@ BOOTSTRAP_CONCURRENCY=${BOOTSTRAP_CONCURRENCY:-32}
 ALLOW_DESTRUCTIVE=false # only --allow-destructive sets it
 FORCE_REDEPLOY=0
 SKIP_SYNC=0
+REQUESTERS=()
 
 set_flag() {
   set_common_flag "$1" "$2" && return 0
@@ -79,6 +88,7 @@ set_flag() {
     --max-event-age) BOOTSTRAP_MAX_EVENT_AGE=$2 ;;
     --retry-deadline) BOOTSTRAP_RETRY_DEADLINE=$2 ;;
     --concurrency) BOOTSTRAP_CONCURRENCY=$2 ;;
+    --requester) REQUESTERS+=("$2") ;;
     *) usage_error "unknown option '$1'" ;;
   esac
 }
@@ -126,6 +136,11 @@ check "retry deadline (--retry-deadline, BOOTSTRAP_RETRY_DEADLINE)" "$BOOTSTRAP_
   "$positive" 'a positive number of seconds'
 check "concurrency (--concurrency, BOOTSTRAP_CONCURRENCY)" "$BOOTSTRAP_CONCURRENCY" \
   "$positive" 'a positive integer'
+for requester in ${REQUESTERS[@]+"${REQUESTERS[@]}"}; do
+  check "requester (--requester)" "$requester" \
+    '^(user|group|serviceAccount|domain|principal|principalSet):[^[:space:],]+$' \
+    'an IAM member such as user:EMAIL, group:EMAIL or serviceAccount:EMAIL'
+done
 
 if [[ -z ${PYTHON:-} ]]; then
   if [[ -x $ROOT/.venv/bin/python ]]; then
@@ -136,6 +151,8 @@ if [[ -z ${PYTHON:-} ]]; then
 fi
 if ((!DRY_RUN)); then
   require_tool gcloud "install the Google Cloud CLI: https://cloud.google.com/sdk/docs/install"
+  require_tool bq "it comes with the Google Cloud CLI (gcloud components install bq)"
+  require_tool python3 "deploy/dataset_access.py edits the datasets' access entries with it"
   if ((!SKIP_SYNC)); then
     require_tool "$PYTHON" "set PYTHON to an interpreter with requirements.txt installed (make venv)"
   fi
@@ -148,26 +165,39 @@ R=$BOOTSTRAP_REGION
 SCHEMA_SOURCE="gs://${BOOTSTRAP_SCHEMA_BUCKET}/schemas/"
 STORAGE_EVENT=google.cloud.storage.object.v1.finalized
 
-# The custom role of the runtime service account: BigQuery metadata, nothing else. Rows are read
-# and written only by the backup copy jobs that precede a forced recreation, so the permissions
-# for those (and the job runner role) come with the deployment's destructive consent.
+# The runtime service account's custom roles. deploy.sh creates both datasets, so the account
+# owns neither; these are its only BigQuery grants (README: "Roles, and why each one").
+#
+# On the dataset, always: metadata only.
 ROLE_PERMISSIONS=(
-  bigquery.datasets.create # create the dataset and the backup dataset
-  bigquery.datasets.get    # read their metadata
-  bigquery.datasets.update # patch description, labels, default expirations
-  bigquery.tables.create   # create tables (and the backup copies)
+  bigquery.datasets.get    # read the dataset's metadata
+  bigquery.datasets.update # patch its description and labels
+  bigquery.tables.create   # create missing tables
   bigquery.tables.get      # read table metadata and schema
   bigquery.tables.list     # see which tables exist
   bigquery.tables.update   # patch schema, description, labels, partitioning, clustering
 )
-if [[ $ALLOW_DESTRUCTIVE == true ]]; then
-  ROLE_PERMISSIONS+=(
-    bigquery.tables.getData    # source of a backup copy job
-    bigquery.tables.updateData # destination of a backup copy job
-    bigquery.tables.delete     # force_recreate_tables
-    bigquery.datasets.delete   # force_recreate_dataset
-  )
-fi
+# On the dataset, only with --allow-destructive: what force_recreate_* does to it.
+DESTRUCTIVE_ROLE_PERMISSIONS=(
+  bigquery.datasets.delete # force_recreate_dataset
+  bigquery.tables.delete   # force_recreate_tables
+  bigquery.tables.getData  # the source of each backup copy job
+)
+# On the backup dataset, only with --allow-destructive: what a backup does there.
+BACKUP_ROLE_PERMISSIONS=(
+  bigquery.datasets.get      # find the backup dataset
+  bigquery.tables.create     # the copy job's destination table
+  bigquery.tables.get        # read the copy
+  bigquery.tables.list       # list the backups
+  bigquery.tables.update     # set each copy's expiration, labels and description
+  bigquery.tables.updateData # the copy job writes the rows
+)
+# On the project, only with --allow-destructive: what cannot be granted on a dataset. Neither
+# reads nor changes any existing data.
+JOBS_ROLE_PERMISSIONS=(
+  bigquery.jobs.create     # a copy job runs in a project, not in a dataset
+  bigquery.datasets.create # force_recreate_dataset makes the dataset again
+)
 
 if ((DRY_RUN)); then
   echo "# deploy.sh --dry-run: the commands a first run on an empty project would run, reads"
@@ -203,6 +233,17 @@ fi
 PUBSUB_AGENT="service-${PROJECT_NUMBER}@gcp-sa-pubsub.iam.gserviceaccount.com"
 EVENTARC_AGENT="service-${PROJECT_NUMBER}@gcp-sa-eventarc.iam.gserviceaccount.com"
 
+# The datasets are read here, before anything but the APIs has been changed, so that one in
+# another location stops the run cleanly. Section 3 creates those that are missing.
+lower() { tr '[:upper:]' '[:lower:]' <<<"$1"; }
+for dataset in "$BOOTSTRAP_DATASET" "$BOOTSTRAP_BACKUP_DATASET"; do
+  if describe_dataset "$dataset" && [[ $(lower "$DATASET_LOCATION") != $(lower "$BOOTSTRAP_LOCATION") ]]; then
+    die "dataset $P:$dataset exists in $DATASET_LOCATION, not in $BOOTSTRAP_LOCATION (--location," \
+      "BOOTSTRAP_LOCATION): deploy with --location $DATASET_LOCATION, or name other datasets" \
+      "(--dataset, --backup-dataset). Nothing was changed but the enabled APIs."
+  fi
+done
+
 # ---------------------------------------------------------------------------------------------
 # 2. Identities and their grants
 
@@ -218,29 +259,50 @@ ensure_service_account "$TRIGGER_SA" "$BOOTSTRAP_FUNCTION triggers" \
 ensure_service_account "$BUILD_SA" "$BOOTSTRAP_FUNCTION build" \
   "Identity of the Cloud Build runs that build $BOOTSTRAP_FUNCTION"
 
-WANT_PERMISSIONS=$(printf '%s\n' "${ROLE_PERMISSIONS[@]}" | LC_ALL=C sort | paste -sd, -)
-if exists iam roles describe "$CUSTOM_ROLE_ID" --project="$P" \
-  --format="value[separator='|'](deleted,includedPermissions)"; then
-  IFS='|' read -r role_deleted role_permissions <<<"$OUT"
-  if [[ $role_deleted == True ]]; then
-    mutate iam roles undelete "$CUSTOM_ROLE_ID" --project="$P"
+# ensure_role ID TITLE DESCRIPTION PERMISSION...: the custom role exists (undeleted if teardown
+# deleted it less than 7 days ago) with exactly these permissions. All four are defined on every
+# run; only their grants depend on --allow-destructive.
+ensure_role() {
+  local id=$1 title=$2 description=$3 want have deleted permissions
+  shift 3
+  want=$(printf '%s\n' "$@" | LC_ALL=C sort | paste -sd, -)
+  if exists iam roles describe "$id" --project="$P" \
+    --format="value[separator='|'](deleted,includedPermissions)"; then
+    IFS='|' read -r deleted permissions <<<"$OUT"
+    if [[ $deleted == True ]]; then
+      mutate iam roles undelete "$id" --project="$P"
+    fi
+    have=$(tr ';' '\n' <<<"$permissions" | LC_ALL=C sort | paste -sd, -)
+    if [[ $have != "$want" ]]; then
+      mutate iam roles update "$id" --project="$P" --permissions="$want"
+    fi
+  else
+    mutate iam roles create "$id" --project="$P" --stage=GA --title="$title" \
+      --description="$description" --permissions="$want"
   fi
-  have=$(tr ';' '\n' <<<"$role_permissions" | LC_ALL=C sort | paste -sd, -)
-  if [[ $have != "$WANT_PERMISSIONS" ]]; then
-    mutate iam roles update "$CUSTOM_ROLE_ID" --project="$P" --permissions="$WANT_PERMISSIONS"
-  fi
-else
-  mutate iam roles create "$CUSTOM_ROLE_ID" --project="$P" --stage=GA \
-    --title="Tenants bootstrap ($BOOTSTRAP_FUNCTION)" \
-    --description="BigQuery datasets and tables that $BOOTSTRAP_FUNCTION creates, patches and backs up" \
-    --permissions="$WANT_PERMISSIONS"
-fi
+}
+ensure_role "$CUSTOM_ROLE_ID" "Tenants bootstrap ($BOOTSTRAP_FUNCTION)" \
+  "Granted on dataset $BOOTSTRAP_DATASET: the metadata $BOOTSTRAP_FUNCTION reads and patches" \
+  "${ROLE_PERMISSIONS[@]}"
+ensure_role "$DESTRUCTIVE_ROLE_ID" "Tenants bootstrap, destructive ($BOOTSTRAP_FUNCTION)" \
+  "Granted on dataset $BOOTSTRAP_DATASET with --allow-destructive: drops and backup sources" \
+  "${DESTRUCTIVE_ROLE_PERMISSIONS[@]}"
+ensure_role "$BACKUP_ROLE_ID" "Tenants bootstrap, backups ($BOOTSTRAP_FUNCTION)" \
+  "Granted on dataset $BOOTSTRAP_BACKUP_DATASET with --allow-destructive: the backup copies" \
+  "${BACKUP_ROLE_PERMISSIONS[@]}"
+ensure_role "$JOBS_ROLE_ID" "Tenants bootstrap, jobs ($BOOTSTRAP_FUNCTION)" \
+  "Granted on the project with --allow-destructive: copy jobs, and the dataset's recreation" \
+  "${JOBS_ROLE_PERMISSIONS[@]}"
 
-ensure_binding projects "$P" "$CUSTOM_ROLE" "serviceAccount:$RUNTIME_SA"
-if [[ $ALLOW_DESTRUCTIVE == true ]]; then # the backup copy jobs
-  ensure_binding projects "$P" roles/bigquery.jobUser "serviceAccount:$RUNTIME_SA"
+# No BigQuery role on the project but the jobs role, and that only with --allow-destructive.
+# Earlier versions of this script granted the first custom role and roles/bigquery.jobUser on
+# the project: an upgrade takes them back.
+remove_binding projects "$P" "$CUSTOM_ROLE" "serviceAccount:$RUNTIME_SA"
+remove_binding projects "$P" roles/bigquery.jobUser "serviceAccount:$RUNTIME_SA"
+if [[ $ALLOW_DESTRUCTIVE == true ]]; then
+  ensure_binding projects "$P" "$JOBS_ROLE" "serviceAccount:$RUNTIME_SA"
 else
-  remove_binding projects "$P" roles/bigquery.jobUser "serviceAccount:$RUNTIME_SA"
+  remove_binding projects "$P" "$JOBS_ROLE" "serviceAccount:$RUNTIME_SA"
 fi
 ensure_binding projects "$P" roles/eventarc.eventReceiver "serviceAccount:$TRIGGER_SA"
 ensure_binding projects "$P" roles/cloudbuild.builds.builder "serviceAccount:$BUILD_SA"
@@ -267,7 +329,40 @@ ensure_binding "iam service-accounts" "$TRIGGER_SA" roles/iam.serviceAccountToke
   "serviceAccount:$PUBSUB_AGENT"
 
 # ---------------------------------------------------------------------------------------------
-# 3. Topics and the subscriptions that keep their messages readable
+# 3. The datasets, made by this script so that the function's account owns neither (BigQuery
+# makes a dataset's creator its OWNER: "Basic roles and permissions",
+# https://cloud.google.com/bigquery/docs/access-control-basic-roles). bq mk cannot set access
+# entries, so each new dataset gets BigQuery's default ones (the project's basic-role groups and
+# the account running this script), and set_access then writes the function's entries, as on
+# every run: exactly the roles below, whatever earlier versions or the function left there (a
+# function that created the dataset itself is its OWNER until this runs).
+
+ensure_dataset() { # DATASET [bq mk flags...]: creates it unless describe_dataset found none
+  local dataset=$1
+  shift
+  if [[ ! -s $WORK/$dataset.json ]]; then
+    mutate bq --location="$BOOTSTRAP_LOCATION" mk --dataset "$@" "$P:$dataset"
+    query bq show --format=json --dataset "$P:$dataset"
+    printf '%s\n' "$OUT" >"$WORK/$dataset.json"
+  fi
+}
+ensure_dataset "$BOOTSTRAP_DATASET" \
+  --description="Tenant registry, kept in its declared state by $BOOTSTRAP_FUNCTION"
+# The function's own default for the backups (BOOTSTRAP_BACKUP_TTL_DAYS, 7 days); each backup
+# also gets its own expiration.
+ensure_dataset "$BOOTSTRAP_BACKUP_DATASET" --default_table_expiration=604800 \
+  --description="Backups taken before forced recreations; each table expires on its own."
+
+if [[ $ALLOW_DESTRUCTIVE == true ]]; then
+  set_access "$BOOTSTRAP_DATASET" "$CUSTOM_ROLE" "$DESTRUCTIVE_ROLE"
+  set_access "$BOOTSTRAP_BACKUP_DATASET" "$BACKUP_ROLE"
+else
+  set_access "$BOOTSTRAP_DATASET" "$CUSTOM_ROLE"
+  set_access "$BOOTSTRAP_BACKUP_DATASET"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 4. Topics and the subscriptions that keep their messages readable
 
 for topic in "$BOOTSTRAP_REQUESTS_TOPIC" "$COMPLETION_TOPIC" "$BOOTSTRAP_DEAD_LETTER_TOPIC"; do
   if ! exists pubsub topics describe "$topic" --format='value(name)'; then
@@ -288,40 +383,44 @@ ensure_pull_subscription "$COMPLETION_SUBSCRIPTION" "$COMPLETION_TOPIC"
 
 ensure_binding "pubsub topics" "$COMPLETION_TOPIC" roles/pubsub.publisher \
   "serviceAccount:$RUNTIME_SA"
+# Who may send bootstrap requests, besides those with pubsub.topics.publish on the whole project.
+for requester in ${REQUESTERS[@]+"${REQUESTERS[@]}"}; do
+  ensure_binding "pubsub topics" "$BOOTSTRAP_REQUESTS_TOPIC" roles/pubsub.publisher "$requester"
+done
 ensure_binding "pubsub topics" "$BOOTSTRAP_DEAD_LETTER_TOPIC" roles/pubsub.publisher \
   "serviceAccount:$PUBSUB_AGENT"
 
 # ---------------------------------------------------------------------------------------------
-# 4. Buckets
+# 5. Buckets
 
-BUCKET_FIELDS="value[separator='|'](location,versioning_enabled,uniform_bucket_level_access,labels.schema_digest)"
-SCHEMA_BUCKET_LOCATION=$R
-SCHEMA_DIGEST_LABEL=""
-if exists storage buckets describe "gs://$BOOTSTRAP_SCHEMA_BUCKET" --format="$BUCKET_FIELDS"; then
-  IFS='|' read -r location versioning uniform SCHEMA_DIGEST_LABEL <<<"$OUT"
-  SCHEMA_BUCKET_LOCATION=$(tr '[:upper:]' '[:lower:]' <<<"$location")
-  if [[ $uniform != True ]]; then
-    mutate storage buckets update "gs://$BOOTSTRAP_SCHEMA_BUCKET" --uniform-bucket-level-access
+# Both buckets: uniform bucket-level access, public access prevention enforced, object
+# versioning on (every uploaded schema, every ledger entry stays in the bucket's history). A
+# bucket made earlier, by an older version of this script or by hand, gets what it lacks.
+BUCKET_FIELDS="value[separator='|'](location,versioning_enabled,uniform_bucket_level_access,public_access_prevention,labels.schema_digest)"
+ensure_bucket() { # BUCKET: sets BUCKET_LOCATION and BUCKET_DIGEST_LABEL
+  local bucket=gs://$1 versioning uniform pap
+  BUCKET_LOCATION=$R
+  BUCKET_DIGEST_LABEL=""
+  if exists storage buckets describe "$bucket" --format="$BUCKET_FIELDS"; then
+    IFS='|' read -r BUCKET_LOCATION versioning uniform pap BUCKET_DIGEST_LABEL <<<"$OUT"
+    if [[ $uniform != True ]]; then
+      mutate storage buckets update "$bucket" --uniform-bucket-level-access
+    fi
+    if [[ $pap != enforced ]]; then
+      mutate storage buckets update "$bucket" --public-access-prevention
+    fi
+  else
+    mutate storage buckets create "$bucket" --location="$R" \
+      --uniform-bucket-level-access --public-access-prevention
   fi
-  if [[ $versioning != True ]]; then
-    mutate storage buckets update "gs://$BOOTSTRAP_SCHEMA_BUCKET" --versioning
+  if [[ ${versioning:-} != True ]]; then
+    mutate storage buckets update "$bucket" --versioning
   fi
-else
-  mutate storage buckets create "gs://$BOOTSTRAP_SCHEMA_BUCKET" --location="$R" \
-    --uniform-bucket-level-access --public-access-prevention
-  # Every uploaded schema stays in the bucket's history.
-  mutate storage buckets update "gs://$BOOTSTRAP_SCHEMA_BUCKET" --versioning
-fi
-
-if exists storage buckets describe "gs://$BOOTSTRAP_STATE_BUCKET" --format="$BUCKET_FIELDS"; then
-  IFS='|' read -r _ _ uniform _ <<<"$OUT"
-  if [[ $uniform != True ]]; then
-    mutate storage buckets update "gs://$BOOTSTRAP_STATE_BUCKET" --uniform-bucket-level-access
-  fi
-else
-  mutate storage buckets create "gs://$BOOTSTRAP_STATE_BUCKET" --location="$R" \
-    --uniform-bucket-level-access --public-access-prevention
-fi
+}
+ensure_bucket "$BOOTSTRAP_SCHEMA_BUCKET"
+SCHEMA_BUCKET_LOCATION=$(lower "$BUCKET_LOCATION")
+SCHEMA_DIGEST_LABEL=$BUCKET_DIGEST_LABEL
+ensure_bucket "$BOOTSTRAP_STATE_BUCKET"
 
 ensure_binding "storage buckets" "gs://$BOOTSTRAP_SCHEMA_BUCKET" roles/storage.objectViewer \
   "serviceAccount:$RUNTIME_SA"
@@ -329,7 +428,7 @@ ensure_binding "storage buckets" "gs://$BOOTSTRAP_STATE_BUCKET" roles/storage.ob
   "serviceAccount:$RUNTIME_SA"
 
 # ---------------------------------------------------------------------------------------------
-# 5. Seed the schema bucket from schemas/ with the project's own sync (it validates every file
+# 6. Seed the schema bucket from schemas/ with the project's own sync (it validates every file
 # first and uploads nothing if one is invalid). Skipped while schemas/ is what was last synced,
 # so a second run neither re-uploads (each upload is a new generation and a new event) nor
 # overwrites schemas uploaded to the bucket since.
@@ -361,7 +460,7 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------------
-# 6. The function, with its Pub/Sub trigger on the requests topic
+# 7. The function, with its Pub/Sub trigger on the requests topic
 
 ENV_VARS=$(
   IFS=,
@@ -445,7 +544,7 @@ ensure_binding "run services" "$SERVICE" roles/run.invoker "serviceAccount:$TRIG
   --region="$R"
 
 # ---------------------------------------------------------------------------------------------
-# 7. Schema uploads: an Eventarc Cloud Storage trigger to the same service. (A gen2 function has
+# 8. Schema uploads: an Eventarc Cloud Storage trigger to the same service. (A gen2 function has
 # one trigger of its own; this second one targets its Cloud Run service.) It must live where the
 # bucket lives.
 
@@ -472,7 +571,7 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------------
-# 8. Dead-lettering on both trigger subscriptions (Google creates them; their names are read
+# 9. Dead-lettering on both trigger subscriptions (Google creates them; their names are read
 # from the triggers).
 
 ensure_dead_letter() { # LABEL EVENTARC-TRIGGER [--location=LOC]

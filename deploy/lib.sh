@@ -114,6 +114,11 @@ validate_common_settings() {
     '^[A-Za-z0-9_]{1,1024}$' 'letters, digits and underscores'
   check "backup dataset (--backup-dataset, BOOTSTRAP_BACKUP_DATASET)" \
     "$BOOTSTRAP_BACKUP_DATASET" '^[A-Za-z0-9_]{1,1024}$' 'letters, digits and underscores'
+  # Compared without case, to be safe with case-insensitive datasets.
+  [[ $(tr '[:upper:]' '[:lower:]' <<<"$BOOTSTRAP_BACKUP_DATASET") != \
+    $(tr '[:upper:]' '[:lower:]' <<<"$BOOTSTRAP_DATASET") ]] ||
+    usage_error "the backup dataset must differ from the dataset (both are $BOOTSTRAP_DATASET):" \
+      "a forced recreation of the dataset would delete its own backups"
   check "location (--location, BOOTSTRAP_LOCATION)" "$BOOTSTRAP_LOCATION" \
     '^[A-Za-z0-9-]+$' 'a BigQuery location such as US, EU or us-central1'
   local bucket='^[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]$' topic='^[A-Za-z][A-Za-z0-9._~+%-]{2,254}$'
@@ -136,8 +141,20 @@ validate_common_settings() {
   RUNTIME_SA="${prefix}-run@${GOOGLE_CLOUD_PROJECT}.iam.gserviceaccount.com"
   TRIGGER_SA="${prefix}-trigger@${GOOGLE_CLOUD_PROJECT}.iam.gserviceaccount.com"
   BUILD_SA="${prefix}-build@${GOOGLE_CLOUD_PROJECT}.iam.gserviceaccount.com"
+  # The function's custom roles (IDs: letters, digits, underscores; at most 64). Each is granted
+  # where the README's "Roles, and why each one" says: the first on the dataset, always; the
+  # others only with --allow-destructive (the destructive one on the dataset, the backups one on
+  # the backup dataset, the jobs one on the project). Earlier versions granted the first on the
+  # project.
   CUSTOM_ROLE_ID=${BOOTSTRAP_FUNCTION//-/_}
+  DESTRUCTIVE_ROLE_ID=${CUSTOM_ROLE_ID}_destructive
+  BACKUP_ROLE_ID=${CUSTOM_ROLE_ID}_backups
+  JOBS_ROLE_ID=${CUSTOM_ROLE_ID}_jobs
+  CUSTOM_ROLE_IDS=("$CUSTOM_ROLE_ID" "$DESTRUCTIVE_ROLE_ID" "$BACKUP_ROLE_ID" "$JOBS_ROLE_ID")
   CUSTOM_ROLE="projects/${GOOGLE_CLOUD_PROJECT}/roles/${CUSTOM_ROLE_ID}"
+  DESTRUCTIVE_ROLE="projects/${GOOGLE_CLOUD_PROJECT}/roles/${DESTRUCTIVE_ROLE_ID}"
+  BACKUP_ROLE="projects/${GOOGLE_CLOUD_PROJECT}/roles/${BACKUP_ROLE_ID}"
+  JOBS_ROLE="projects/${GOOGLE_CLOUD_PROJECT}/roles/${JOBS_ROLE_ID}"
   STORAGE_TRIGGER="${BOOTSTRAP_FUNCTION}-schema-uploads"
   DEAD_LETTER_SUBSCRIPTION="${BOOTSTRAP_DEAD_LETTER_TOPIC}-sub"
   COMPLETION_SUBSCRIPTION="${COMPLETION_TOPIC}-watch"
@@ -148,7 +165,8 @@ require_tool() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# gcloud wrappers. Every call gets --project. Three kinds:
+# gcloud and bq wrappers. Every gcloud call gets --project; a call whose first word is bq runs
+# BigQuery's CLI (it comes with gcloud) with --project_id instead. Three kinds:
 #   exists ARGS...   a describe: returns 0 (found, output in OUT) or 1 (NOT_FOUND); any other
 #                    failure (permission, disabled API, network) stops the script.
 #   query ARGS...    a read that must succeed; output in OUT.
@@ -162,6 +180,11 @@ ERR_FILE="$WORK/stderr"
 GCLOUD_ARGV=()
 
 _argv() {
+  if [[ $1 == bq ]]; then
+    shift
+    GCLOUD_ARGV=(bq "--project_id=$GOOGLE_CLOUD_PROJECT" "$@")
+    return 0
+  fi
   GCLOUD_ARGV=(gcloud "$@")
   local a
   for a in "$@"; do
@@ -170,9 +193,11 @@ _argv() {
   GCLOUD_ARGV+=("--project=$GOOGLE_CLOUD_PROJECT")
 }
 
+# bq prints its errors on stdout, gcloud on stderr: both are shown, and searched for NOT_FOUND.
 _failed() {
+  [[ -z $OUT ]] || printf '%s\n' "$OUT" >&2
   cat "$ERR_FILE" >&2
-  die "this gcloud command failed (exit $1): $(quote_cmd "${GCLOUD_ARGV[@]}")"
+  die "this command failed (exit $1): $(quote_cmd "${GCLOUD_ARGV[@]}")"
 }
 
 exists() {
@@ -187,7 +212,9 @@ exists() {
   if ((rc == 0)); then
     return 0
   fi
-  if grep -Eqi 'not[ _]?found|does not exist|404' "$ERR_FILE"; then
+  if grep -Eqi 'not[ _]?found|does not exist|404' "$ERR_FILE" ||
+    grep -Eqi 'not[ _]?found|does not exist|404' <<<"$OUT"; then
+    OUT=""
     return 1
   fi
   _failed "$rc"
@@ -214,7 +241,7 @@ mutate() {
   log "+ $(quote_cmd "${GCLOUD_ARGV[@]}")"
   local rc=0
   "${GCLOUD_ARGV[@]}" >&2 || rc=$?
-  ((rc == 0)) || die "this gcloud command failed (exit $rc): $(quote_cmd "${GCLOUD_ARGV[@]}")"
+  ((rc == 0)) || die "this command failed (exit $rc): $(quote_cmd "${GCLOUD_ARGV[@]}")"
 }
 
 # A change that may race IAM propagation (a service account or grant made seconds ago): tried
@@ -232,7 +259,7 @@ mutate_retry() {
     "${GCLOUD_ARGV[@]}" >&2 || rc=$?
     ((rc == 0)) && return 0
     ((attempt < 7)) ||
-      die "this gcloud command failed $attempt times (exit $rc): $(quote_cmd "${GCLOUD_ARGV[@]}")"
+      die "this command failed $attempt times (exit $rc): $(quote_cmd "${GCLOUD_ARGV[@]}")"
     log "attempt $attempt failed (IAM changes take a moment to propagate); retrying in ${wait}s"
     sleep "$wait"
     attempt=$((attempt + 1))
@@ -310,4 +337,71 @@ remove_binding() {
 forget_policy() {
   POLICY_KEY=""
   POLICY=""
+}
+
+# ---------------------------------------------------------------------------------------------
+# BigQuery datasets and the runtime account's entries in their access lists.
+#
+# The function's BigQuery grants are entries in its two datasets' access lists, not bindings on
+# the project. BigQuery's documented way to change them with bq ("Control access to resources
+# with IAM", https://cloud.google.com/bigquery/docs/control-access-to-resources-iam, Grant
+# access to a dataset, bq): `bq show --format=prettyjson` the dataset, edit its "access"
+# section, apply it with `bq update --source FILE`. An entry's role is "an IAM role ID" (the
+# Dataset resource's reference, https://cloud.google.com/bigquery/docs/reference/rest/v2/datasets),
+# custom roles included. deploy/dataset_access.py does the editing, and touches only the runtime
+# account's entries.
+
+DATASET_LOCATION=""
+DATASET_ETAG=""
+DATASET_ROLES="" # the runtime account's roles in the access list, sorted, comma-separated
+# What set_access takes the account to hold in a dataset under --dry-run, which reads nothing.
+DRY_RUN_ROLES=""
+
+# _access DATASET [dataset_access.py flags...]: DATASET_LOCATION, DATASET_ETAG and DATASET_ROLES
+# from $WORK/DATASET.json (what bq show printed).
+_access() {
+  local ds=$1 line
+  shift
+  line=$(python3 "$ROOT/deploy/dataset_access.py" --email "$RUNTIME_SA" "$@" <"$WORK/$ds.json") ||
+    die "could not read the access entries of dataset $GOOGLE_CLOUD_PROJECT:$ds"
+  IFS='|' read -r DATASET_LOCATION DATASET_ETAG DATASET_ROLES <<<"$line"
+}
+
+# describe_dataset DATASET: 0 if it exists (what bq show printed in $WORK/DATASET.json, and
+# DATASET_LOCATION, DATASET_ETAG, DATASET_ROLES set), 1 if not (all of them empty).
+describe_dataset() {
+  DATASET_LOCATION="" DATASET_ETAG="" DATASET_ROLES=""
+  if exists bq show --format=json --dataset "$GOOGLE_CLOUD_PROJECT:$1"; then
+    printf '%s\n' "$OUT" >"$WORK/$1.json"
+    _access "$1"
+    return 0
+  fi
+  : >"$WORK/$1.json"
+  return 1
+}
+
+# set_access DATASET ROLE...: the runtime account holds exactly ROLE... in DATASET's access list
+# (no ROLE: no entry at all); every other entry stays as it is. Reads $WORK/DATASET.json, so
+# describe the dataset (or create it and show it) first. The update is made only if something
+# differs, and carries the etag that was read: a change made to the dataset in between makes it
+# fail instead of being overwritten. Retried: a service account or custom role made seconds ago
+# may not be known to BigQuery yet.
+set_access() {
+  local ds=$1 want source="$WORK/$1.access.json" role
+  shift
+  want=$(printf '%s\n' "$@" | LC_ALL=C sort -u | paste -sd, -)
+  local flags=(--out "$source")
+  for role in "$@"; do
+    flags+=(--want "$role")
+  done
+  if ((DRY_RUN)); then
+    DATASET_ETAG='<etag>'
+    DATASET_ROLES=$DRY_RUN_ROLES
+    source="<$ds's access entries as bq show printed them, with $RUNTIME_SA's replaced by: ${want:-none}>"
+  else
+    _access "$ds" "${flags[@]}"
+  fi
+  [[ $DATASET_ROLES != "$want" ]] || return 0
+  mutate_retry bq update --dataset --update_mode=update_acl --source="$source" \
+    --etag="$DATASET_ETAG" "$GOOGLE_CLOUD_PROJECT:$ds"
 }

@@ -14,8 +14,9 @@ Usage: deploy/teardown.sh --project PROJECT_ID [settings] [switches]
 
 Removes what deploy/deploy.sh created, each only if it exists: the Eventarc schema-upload
 trigger, the function (with its own trigger and subscription), the dead-letter and completion
-watch subscriptions, the three topics, the IAM grants, the custom role and the three service
-accounts. Pass the same settings that deploy.sh was given.
+watch subscriptions, the three topics, the IAM grants (on the project, on the kept buckets, and
+the runtime account's entries in the kept datasets' access lists), the four custom roles and the
+three service accounts. Pass the same settings that deploy.sh was given.
 
 Kept unless asked for explicitly:
   --delete-buckets      delete the schema bucket (every schema version) and the state bucket
@@ -62,9 +63,8 @@ done
 validate_common_settings
 if ((!DRY_RUN)); then
   require_tool gcloud "install the Google Cloud CLI: https://cloud.google.com/sdk/docs/install"
-  if ((DELETE_DATASET || DELETE_BACKUPS)); then
-    require_tool bq "it comes with the Google Cloud CLI (gcloud components install bq)"
-  fi
+  require_tool bq "it comes with the Google Cloud CLI (gcloud components install bq)"
+  require_tool python3 "deploy/dataset_access.py edits the datasets' access entries with it"
 fi
 P=$GOOGLE_CLOUD_PROJECT
 R=$BOOTSTRAP_REGION
@@ -100,8 +100,10 @@ for topic in "$BOOTSTRAP_REQUESTS_TOPIC" "$COMPLETION_TOPIC" "$BOOTSTRAP_DEAD_LE
   fi
 done
 
-# 4. Grants on the project and on kept buckets (those on the topics, subscriptions and service
-# went with them), the custom role, the accounts.
+# 4. Grants on the project, on the kept buckets and in the kept datasets' access lists (those on
+# the topics, subscriptions and service went with them), the custom roles, the accounts.
+remove_binding projects "$P" "$JOBS_ROLE" "serviceAccount:$RUNTIME_SA"
+# Granted on the project by earlier versions of deploy.sh.
 remove_binding projects "$P" "$CUSTOM_ROLE" "serviceAccount:$RUNTIME_SA"
 remove_binding projects "$P" roles/bigquery.jobUser "serviceAccount:$RUNTIME_SA"
 remove_binding projects "$P" roles/eventarc.eventReceiver "serviceAccount:$TRIGGER_SA"
@@ -116,13 +118,24 @@ if ((!DELETE_BUCKETS)); then
   done
 fi
 
-if exists iam roles describe "$CUSTOM_ROLE_ID" --project="$P" --format='value(deleted)' ||
-  ((DRY_RUN)); then
-  if [[ $OUT != True ]]; then
-    # A deleted custom role can be undeleted for 7 days; deploy.sh does so if run again.
-    mutate iam roles delete "$CUSTOM_ROLE_ID" --project="$P"
+# The runtime account's entries in the datasets that are kept (whatever roles they name: also an
+# OWNER entry left by a function that created the dataset itself).
+DRY_RUN_ROLES="<the roles $RUNTIME_SA holds there>"
+for grant in "$DELETE_DATASET $BOOTSTRAP_DATASET" "$DELETE_BACKUPS $BOOTSTRAP_BACKUP_DATASET"; do
+  read -r deleted dataset <<<"$grant"
+  if ((!deleted)) && { describe_dataset "$dataset" || ((DRY_RUN)); }; then
+    set_access "$dataset"
   fi
-fi
+done
+
+for role in "${CUSTOM_ROLE_IDS[@]}"; do
+  if exists iam roles describe "$role" --project="$P" --format='value(deleted)' || ((DRY_RUN)); then
+    if [[ $OUT != True ]]; then
+      # A deleted custom role can be undeleted for 7 days; deploy.sh does so if run again.
+      mutate iam roles delete "$role" --project="$P"
+    fi
+  fi
+done
 
 for account in "$RUNTIME_SA" "$TRIGGER_SA" "$BUILD_SA"; do
   if exists iam service-accounts describe "$account" --format='value(email)' || ((DRY_RUN)); then
@@ -142,27 +155,9 @@ for bucket in "$BOOTSTRAP_SCHEMA_BUCKET" "$BOOTSTRAP_STATE_BUCKET"; do
 done
 
 bq_delete_dataset() { # DATASET
-  local ref="$P:$1" argv rc=0
-  argv=(bq "--project_id=$P" show --format=none "$ref")
-  if ((DRY_RUN)); then
-    quote_cmd "${argv[@]}"
-  else
-    "${argv[@]}" >/dev/null 2>"$ERR_FILE" || rc=$?
-    if ((rc != 0)); then
-      if grep -Eqi 'not[ _]?found|does not exist|404' "$ERR_FILE"; then
-        return 0
-      fi
-      cat "$ERR_FILE" >&2
-      die "this bq command failed (exit $rc): $(quote_cmd "${argv[@]}")"
-    fi
+  if exists bq show --format=none --dataset "$P:$1" || ((DRY_RUN)); then
+    mutate bq rm --recursive --force --dataset "$P:$1"
   fi
-  argv=(bq "--project_id=$P" rm --recursive --force --dataset "$ref")
-  if ((DRY_RUN)); then
-    quote_cmd "${argv[@]}"
-    return 0
-  fi
-  log "+ $(quote_cmd "${argv[@]}")"
-  "${argv[@]}" >&2 || die "this bq command failed: $(quote_cmd "${argv[@]}")"
 }
 if ((DELETE_DATASET)); then
   bq_delete_dataset "$BOOTSTRAP_DATASET"

@@ -107,7 +107,7 @@ class Harness:
         self.state = tmp / "state.json"
         self.log = tmp / "calls.jsonl"
         (self.root / "deploy").mkdir(parents=True)
-        for script in (REPO / "deploy").glob("*.sh"):
+        for script in [*(REPO / "deploy").glob("*.sh"), *(REPO / "deploy").glob("*.py")]:
             shutil.copy2(script, self.root / "deploy" / script.name)
         shutil.copy2(REPO / ".gcloudignore", self.root / ".gcloudignore")
         (self.root / "main.py").write_text("from function.handler import bootstrap  # noqa\n")

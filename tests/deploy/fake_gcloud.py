@@ -7,6 +7,12 @@ does (exit 1, NOT_FOUND), a create of something present fails with ALREADY_EXIST
 written back, so a second run sees what the first one made. $FAKE_FAIL, when it is a substring of
 the joined command line, makes that call fail with PERMISSION_DENIED. $FAKE_SYNC_EXIT is the exit
 status of the fake Python (the schema sync).
+
+`bq` works on datasets (show, mk, update --source, rm) as BigQuery's CLI does: errors are printed on
+stdout, not found and already exists exit 2, a new dataset gets BigQuery's default access entries
+(the project's basic-role groups, and its creator DEPLOYER as OWNER), an update checks the etag and
+refuses what BigQuery refuses (an unknown custom role or service account, a list without OWNER, the
+caller removing its own OWNER entry).
 """
 
 from __future__ import annotations
@@ -20,6 +26,22 @@ from pathlib import Path
 from typing import Any
 
 PROJECT_NUMBER = "123456789012"
+DEPLOYER = "deployer@example.com"  # the account the scripts run as
+LEGACY_ROLES = {
+    "roles/bigquery.dataOwner": "OWNER",
+    "roles/bigquery.dataEditor": "WRITER",
+    "roles/bigquery.dataViewer": "READER",
+}
+ENTITY_KEYS = (
+    "userByEmail",
+    "groupByEmail",
+    "domain",
+    "specialGroup",
+    "iamMember",
+    "view",
+    "routine",
+    "dataset",
+)
 
 GROUPS = {
     ("projects",): "project",
@@ -38,6 +60,16 @@ class Fail(Exception):
     def __init__(self, message: str, code: int = 1) -> None:
         super().__init__(message)
         self.code = code
+
+
+def default_access() -> list[dict[str, str]]:
+    """What BigQuery gives a dataset created without access entries."""
+    return [
+        {"role": "WRITER", "specialGroup": "projectWriters"},
+        {"role": "OWNER", "specialGroup": "projectOwners"},
+        {"role": "OWNER", "userByEmail": DEPLOYER},
+        {"role": "READER", "specialGroup": "projectReaders"},
+    ]
 
 
 def load_state(path: Path) -> dict[str, Any]:
@@ -250,6 +282,9 @@ class Fake:
                 "location": flags["location"].upper(),
                 "uniform_bucket_level_access": bool(flags.get("uniform-bucket-level-access")),
                 "versioning_enabled": None,
+                "public_access_prevention": (
+                    "enforced" if flags.get("public-access-prevention") else "inherited"
+                ),
                 "labels": {},
             },
         )
@@ -260,6 +295,8 @@ class Fake:
             record["versioning_enabled"] = True
         if flags.get("uniform-bucket-level-access"):
             record["uniform_bucket_level_access"] = True
+        if flags.get("public-access-prevention"):
+            record["public_access_prevention"] = "enforced"
         if "update-labels" in flags:
             record.setdefault("labels", {}).update(labels_of(flags["update-labels"]))
 
@@ -323,18 +360,73 @@ class Fake:
 
     # ------------------------------------------------------------------------------------
     def bq(self, argv: list[str]) -> str:
-        words, _ = parse(argv)
-        ref = words[-1]
-        key = f"dataset/{ref.split(':')[-1]}"
-        if words[0] == "show":
-            if key not in self.res:
-                raise Fail(f"BigQuery error in show operation: Not found: Dataset {ref}")
-            return ""
-        if words[0] == "rm":
-            self.get(key)
+        words, flags = parse(argv)
+        command, ref = words[0], words[-1]
+        name = ref.split(":")[-1]
+        key = f"dataset/{name}"
+        if ":" in ref and ref.split(":")[0] != self.project:
+            raise Fail(f"fake bq: {ref} is not in --project_id={self.project}", 3)
+        if command in ("show", "update", "rm") and key not in self.res:
+            raise Fail(f"BigQuery error in {command} operation: Not found: Dataset {ref}", 2)
+        if command == "show":
+            record = self.res[key]
+            return "" if flags.get("format") == "none" else json.dumps(record, sort_keys=True) + "\n"
+        if command == "rm":
             del self.res[key]
             return ""
-        raise Fail(f"fake bq: unsupported command {' '.join(words)}", 3)
+        if command == "mk" and flags.get("dataset"):
+            if key in self.res:
+                raise Fail(f"BigQuery error in mk operation: Dataset '{ref}' already exists.", 2)
+            record = {
+                "datasetReference": {"projectId": self.project, "datasetId": name},
+                "id": f"{self.project}:{name}",
+                "location": flags.get("location", "US"),
+                "etag": "etag-1",
+                "access": default_access(),
+            }
+            if "description" in flags:
+                record["description"] = flags["description"]
+            if "default_table_expiration" in flags:
+                record["defaultTableExpirationMs"] = str(int(flags["default_table_expiration"]) * 1000)
+            self.res[key] = record
+            return f"Dataset '{ref}' successfully created.\n"
+        if command == "update" and flags.get("dataset") and "source" in flags:
+            self.bq_update_access(self.res[key], flags)
+            return f"Dataset '{ref}' successfully updated.\n"
+        raise Fail(f"fake bq: unsupported command {' '.join(argv)}", 3)
+
+    def bq_update_access(self, record: dict[str, Any], flags: dict[str, Any]) -> None:
+        if flags.get("update_mode") not in (None, "update_acl", "update_full"):
+            raise Fail(f"fake bq: --update_mode={flags['update_mode']} does not update access", 3)
+        if "etag" in flags and flags["etag"] != record.get("etag"):
+            raise Fail("BigQuery error in update operation: Precondition check failed.")
+        payload = json.loads(Path(flags["source"]).read_text())
+        if "access" not in payload:
+            return
+        access = []
+        for entry in payload["access"]:
+            entities = [k for k in ENTITY_KEYS if k in entry]
+            if len(entities) != 1 or not entry.get("role"):
+                raise Fail(f"BigQuery error in update operation: Invalid access entry {entry}")
+            role = LEGACY_ROLES.get(entry["role"], entry["role"])
+            custom = re.fullmatch(r"projects/([^/]+)/roles/(\w+)", role)
+            if custom:
+                found = self.res.get(f"role/{custom.group(2)}")
+                if custom.group(1) != self.project or not found or found.get("deleted"):
+                    raise Fail(f"BigQuery error in update operation: Role {role} not found")
+            elif role not in ("OWNER", "WRITER", "READER") and not role.startswith("roles/"):
+                raise Fail(f"BigQuery error in update operation: Invalid role {role}")
+            email = entry.get("userByEmail", "")
+            if email.endswith(f"@{self.project}.iam.gserviceaccount.com") and f"sa/{email}" not in self.res:
+                raise Fail(f"BigQuery error in update operation: {email} does not exist")
+            access.append({**entry, "role": role})
+        if not [e for e in access if e["role"] == "OWNER"]:
+            raise Fail("BigQuery error in update operation: a dataset needs at least one OWNER")
+        mine = {"role": "OWNER", "userByEmail": DEPLOYER}
+        if mine in record.get("access", []) and mine not in access:
+            raise Fail("BigQuery error in update operation: you cannot remove your own OWNER role")
+        record["access"] = access
+        record["etag"] = f"etag-{int(str(record.get('etag', 'etag-0')).rsplit('-', 1)[-1]) + 1}"
 
 
 def list_files(directory: str) -> str:
@@ -366,9 +458,12 @@ def main() -> int:
     if prog == "python":
         return int(os.environ.get("FAKE_SYNC_EXIT", "0"))
 
+    # bq prints its errors on stdout; gcloud on stderr.
+    errors = sys.stdout if prog == "bq" else sys.stderr
     fail = os.environ.get("FAKE_FAIL")
     if fail and fail in " ".join(argv):
-        sys.stderr.write(f"ERROR: (gcloud) PERMISSION_DENIED: fake failure of {fail!r}\n")
+        who = "BigQuery error in operation:" if prog == "bq" else "ERROR: (gcloud)"
+        errors.write(f"{who} PERMISSION_DENIED: fake failure of {fail!r}\n")
         return 1
 
     state_path = Path(os.environ["FAKE_STATE"])
@@ -379,7 +474,7 @@ def main() -> int:
     try:
         out = fake.bq(argv) if prog == "bq" else fake.gcloud(argv)
     except Fail as exc:
-        sys.stderr.write(f"{exc}\n")
+        errors.write(f"{exc}\n")
         return exc.code
     state_path.write_text(json.dumps(state, indent=1, sort_keys=True))
     sys.stdout.write(out)
