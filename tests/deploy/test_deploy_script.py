@@ -143,6 +143,7 @@ def test_function_environment_follows_the_contract(first: Run) -> None:
         "BOOTSTRAP_MAX_EVENT_AGE": "3600",
         "BOOTSTRAP_RETRY_DEADLINE": "60",
         "BOOTSTRAP_CONCURRENCY": "32",
+        "BOOTSTRAP_TIMEOUT": "540s",  # the function's own timeout: the ledger's lease follows it
     }
 
 
