@@ -260,18 +260,13 @@ class _Convergence:
             return TableResult(name, "failed", (), f"not attempted: {self.dataset_failed}")
         if self.fresh:
             actual = obj = None
-        recreate = self.request.force_recreate_tables and name not in self.done
-        if recreate and obj is not None and self.authorization and self.authorization.made(obj.labels):
-            # The last owner recreated it, then stopped before recording it: record it now.
-            self.authorization.progress.record(name)
+        forced = self.request.force_recreate_tables
+        if forced and self._recreated_earlier(name, obj):
             return TableResult(name, "recreated", ("recreated by an earlier delivery of this request",))
+        recreate = forced
         try:
             for _ in range(MAX_ATTEMPTS):
                 plan = plan_table(spec, actual, recreate=recreate)
-                if plan.action is Action.UNCHANGED and name in self.done:
-                    return TableResult(
-                        name, "recreated", ("recreated by an earlier delivery of this request",)
-                    )
                 if self.request.dry_run or plan.action in (Action.UNCHANGED, Action.BLOCKED):
                     return _result(plan)
                 if self._apply_table(plan, obj, recreate):
@@ -282,6 +277,18 @@ class _Convergence:
         except PermanentError as exc:
             return TableResult(name, "failed", (), str(exc))
         return TableResult(name, "failed", (), "the table kept changing under concurrent writers; run again")
+
+    def _recreated_earlier(self, name: str, obj: bigquery.Table | None) -> bool:
+        """Did an earlier delivery of this request recreate the table: recorded, or carrying the
+        request's mark (it stopped between the recreation and its record, which is made now)?"""
+        if obj is None or self.authorization is None:
+            return False
+        if name in self.done:
+            return True
+        if not self.authorization.made(obj.labels):
+            return False
+        self.authorization.progress.record(name)
+        return True
 
     def _apply_table(self, plan: TablePlan, obj: bigquery.Table | None, forced: bool) -> bool:
         """Apply one plan; False when a concurrent writer got there first."""
