@@ -11,9 +11,9 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -30,7 +30,14 @@ from .model import (
 )
 from .request import json_kind
 
+T = TypeVar("T")
 MANIFEST_NAME = "bootstrap.yaml"
+# Bounds on untrusted input, checked before it is parsed: a schema file of BigQuery's largest
+# table (10,000 columns, each with a 1,024-character description) is about 12 MB.
+MAX_SCHEMA_FILE_BYTES = 16 * 1024 * 1024
+MAX_MANIFEST_BYTES = 1024 * 1024
+MAX_COLUMNS = 10_000  # BigQuery's limit per table, nested fields included
+MAX_REPORTED = 50  # problems listed in a message; the rest are counted
 MAX_NESTING = 15  # BigQuery's limit on nested RECORD levels
 MAX_CLUSTERING = 4
 # A partition expiration deletes data: less than a day is a typo, never a retention policy.
@@ -103,9 +110,11 @@ class SchemaValidationError(PermanentError):
 
     def __init__(self, errors: list[SchemaError]) -> None:
         self.errors = errors
-        super().__init__(
-            f"{len(errors)} problem(s) in the schema files:\n" + "\n".join(f"  - {e}" for e in errors)
-        )
+        shown = "\n".join(f"  - {e}" for e in errors[:MAX_REPORTED])
+        more = len(errors) - MAX_REPORTED
+        if more > 0:
+            shown += f"\n  - ... and {more} more problem(s), not listed"
+        super().__init__(f"{len(errors)} problem(s) in the schema files:\n{shown}")
 
 
 def is_schema_file(name: str) -> bool:
@@ -135,11 +144,11 @@ def load_declared_state(files: Mapping[str, bytes], *, complete: bool = True) ->
                 )
             )
             continue
-        columns = _parse_schema_file(name, files[name], errors)
+        columns = _guarded(name, errors, _parse_schema_file, name, files[name], errors)
         if columns is not None:
             tables[table] = columns
 
-    manifest = _parse_manifest(files.get(MANIFEST_NAME), errors)
+    manifest = _guarded(MANIFEST_NAME, errors, _parse_manifest, files.get(MANIFEST_NAME), errors) or {}
     dataset = manifest.get("dataset") or {}
     entries = manifest.get("tables") or {}
     specs: dict[str, TableSpec] = {}
@@ -153,7 +162,7 @@ def load_declared_state(files: Mapping[str, bytes], *, complete: bool = True) ->
                 )
             )
     for table, columns in tables.items():
-        spec = _table_spec(table, columns, entries.get(table) or {}, errors)
+        spec = _guarded(MANIFEST_NAME, errors, _table_spec, table, columns, entries.get(table) or {}, errors)
         if spec is not None:
             specs[table] = spec
     if complete and not tables and not errors:
@@ -168,6 +177,20 @@ def load_declared_state(files: Mapping[str, bytes], *, complete: bool = True) ->
     )
 
 
+def _guarded(file: str, errors: list[SchemaError], parse: Callable[..., T], *args: Any) -> T | None:
+    """`parse(*args)`; an exception it did not foresee is a problem of `file`, reported with the
+    others, never an error of the function (which would be delivered again, forever)."""
+    try:
+        return parse(*args)
+    except Exception as exc:
+        errors.append(
+            SchemaError(
+                file, "", f"could not be read ({type(exc).__name__}: {str(exc)[:200]}); check its content"
+            )
+        )
+        return None
+
+
 def schema_digest(files: Mapping[str, bytes]) -> str:
     """A stable fingerprint of the schema files, echoed in the completion event."""
     h = hashlib.sha256()
@@ -180,6 +203,11 @@ def schema_digest(files: Mapping[str, bytes]) -> str:
 
 
 def _parse_schema_file(name: str, data: bytes, errors: list[SchemaError]) -> tuple[Column, ...] | None:
+    if len(data) > MAX_SCHEMA_FILE_BYTES:
+        errors.append(
+            SchemaError(name, "", f"is {len(data)} bytes; a schema file is at most {MAX_SCHEMA_FILE_BYTES}")
+        )
+        return None
     if not data.strip():
         errors.append(SchemaError(name, "", "the file is empty; it must hold a JSON array of fields"))
         return None
@@ -203,7 +231,18 @@ def _parse_schema_file(name: str, data: bytes, errors: list[SchemaError]) -> tup
         return None
     before = len(errors)
     columns = _parse_fields(name, doc, "", 1, errors)
-    return columns if len(errors) == before else None
+    if len(errors) != before:
+        return None
+    if _count(columns) > MAX_COLUMNS:
+        errors.append(
+            SchemaError(name, "", f"declares {_count(columns)} columns; BigQuery allows {MAX_COLUMNS}")
+        )
+        return None
+    return columns
+
+
+def _count(columns: tuple[Column, ...]) -> int:
+    return sum(1 + _count(c.fields) for c in columns)
 
 
 def _parse_fields(
@@ -296,7 +335,8 @@ def _parse_field(
         bad(f'only a RECORD may have "fields" (this column is {type_}); change the type or remove them')
     if type_ == "RANGE":
         element = item.get("rangeElementType")
-        if not isinstance(element, dict) or str(element.get("type", "")).upper() not in RANGE_ELEMENTS:
+        kind = element.get("type") if isinstance(element, dict) else None
+        if not isinstance(kind, str) or kind.upper() not in RANGE_ELEMENTS:
             bad('a RANGE needs "rangeElementType": {"type": "DATE"} (or DATETIME or TIMESTAMP)')
     if not ok:
         return None
@@ -310,10 +350,27 @@ def _parse_field(
 def _parse_manifest(data: bytes | None, errors: list[SchemaError]) -> dict[str, Any]:
     if data is None:
         return {}
+    if len(data) > MAX_MANIFEST_BYTES:
+        errors.append(
+            SchemaError(
+                MANIFEST_NAME, "", f"is {len(data)} bytes; the manifest is at most {MAX_MANIFEST_BYTES}"
+            )
+        )
+        return {}
     try:
-        doc = yaml.safe_load(data)
+        doc = yaml.load(data, Loader=_PlainLoader)  # a SafeLoader that refuses aliases
+    except _AliasFound:
+        errors.append(
+            SchemaError(
+                MANIFEST_NAME,
+                "",
+                "uses YAML anchors or aliases (& and *), which the manifest does not accept "
+                "(a few of them can expand to gigabytes); write each value out",
+            )
+        )
+        return {}
     except (yaml.YAMLError, RecursionError) as exc:
-        errors.append(SchemaError(MANIFEST_NAME, "", f"is not valid YAML ({exc}); fix the syntax"))
+        errors.append(SchemaError(MANIFEST_NAME, "", f"is not valid YAML ({str(exc)[:300]}); fix the syntax"))
         return {}
     if doc is None:
         return {}
@@ -354,8 +411,29 @@ def _parse_manifest(data: bytes | None, errors: list[SchemaError]) -> dict[str, 
     }
 
 
+def _shown(value: Any, *, quoted: bool = True) -> str:
+    """An untrusted value as a message shows it, at most 60 characters (a string unquoted when
+    `quoted` is False)."""
+    text = value if isinstance(value, str) and not quoted else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class _AliasFound(Exception):
+    pass
+
+
+class _PlainLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing anchors and aliases before anything is built from them."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _AliasFound
+        return super().compose_node(parent, index)
+
+
 def _unknown_keys(doc: dict[str, Any], allowed: set[str], path: str, errors: list[SchemaError]) -> None:
-    unknown = sorted(str(k) for k in set(doc) - allowed)
+    unknown = sorted(_shown(k, quoted=False) for k in set(doc) - allowed)
     if unknown:
         errors.append(
             SchemaError(
@@ -445,19 +523,20 @@ def _partitioning(
         errors.append(SchemaError(MANIFEST_NAME, path, "must be a mapping: {type: DAY, field: COLUMN}"))
         return None
     _unknown_keys(raw, PARTITIONING_KEYS, path, errors)
-    kind = str(raw.get("type", "DAY")).upper()
+    kind = raw.get("type", "DAY")
+    kind = kind.upper() if isinstance(kind, str) else None
     if kind not in PARTITION_TYPES:
         errors.append(SchemaError(MANIFEST_NAME, f"{path}.type", "must be DAY, HOUR, MONTH or YEAR"))
         return None
     field_name = raw.get("field")
     if field_name is not None:
-        column = top.get(str(field_name).lower())
+        column = top.get(field_name.lower()) if isinstance(field_name, str) else None
         if column is None:
             errors.append(
                 SchemaError(
                     MANIFEST_NAME,
                     f"{path}.field",
-                    f"{field_name!r} is not a top-level column of the table; name one "
+                    f"{_shown(field_name)} is not a top-level column of the table; name one "
                     "(partitioning columns cannot be inside a RECORD)",
                 )
             )

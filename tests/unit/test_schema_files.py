@@ -798,6 +798,67 @@ CORPUS = [
 ]
 
 
+# 458 bytes of nested aliases: expanded, a few hundred MB (the "billion laughs").
+ALIAS_BOMB = (
+    "dataset:\n  labels: &a0 {k: v}\n"
+    + "".join(
+        f"x{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]\n"
+        for i in range(1, 10)
+    )
+    + "tables: {t: {labels: *a9}}\n"
+)
+CORPUS += [
+    bad(
+        "manifest with YAML anchors and aliases (an alias bomb)",
+        schema(BASE_FIELDS, manifest=ALIAS_BOMB),
+        M,
+        "",
+        "uses YAML anchors or aliases (& and *), which the manifest does not accept",
+        "write each value out",
+    ),
+    bad(
+        "manifest over a mebibyte",
+        schema(BASE_FIELDS, manifest=BASE_MANIFEST + "# " + "x" * 1024 * 1024 + "\n"),
+        M,
+        "",
+        "bytes; the manifest is at most 1048576",
+        "at most 1048576",
+    ),
+    bad(
+        "schema file over 16 MiB",
+        schema(b"[" + b" " * (16 * 1024 * 1024) + b"]"),
+        "t.json",
+        "",
+        "bytes; a schema file is at most 16777216",
+        "at most 16777216",
+    ),
+    bad(
+        "more columns than BigQuery allows",
+        schema([{"name": f"c{i}", "type": "STRING"} for i in range(10_001)], manifest=None),
+        "t.json",
+        "",
+        "declares 10001 columns; BigQuery allows 10000",
+        "BigQuery allows 10000",
+    ),
+    bad(
+        "partition type not a string",
+        table_entry("time_partitioning: {type: [DAY], field: day}"),
+        M,
+        "tables.t.time_partitioning.type",
+        "must be DAY, HOUR, MONTH or YEAR",
+        "DAY, HOUR, MONTH or YEAR",
+    ),
+    bad(
+        "partition field not a string",
+        table_entry("time_partitioning: {type: DAY, field: {day: 1}}"),
+        M,
+        "tables.t.time_partitioning.field",
+        "{'day': 1} is not a top-level column of the table",
+        "name one",
+    ),
+]
+
+
 def _errors(files: dict[str, bytes]) -> list[SchemaError]:
     with pytest.raises(SchemaValidationError) as info:
         load_declared_state(files)
@@ -818,8 +879,39 @@ def test_bad_input_is_refused_with_file_path_and_fix(b: Bad) -> None:
     assert str(error).startswith(where)
 
 
-def test_corpus_has_at_least_thirty_distinct_mistakes() -> None:
-    assert len({p.id for p in CORPUS}) == len(CORPUS) >= 30
+def test_each_corpus_mistake_is_named_once() -> None:
+    ids = [p.id for p in CORPUS]
+    assert len(set(ids)) == len(ids), sorted(i for i in ids if ids.count(i) > 1)
+
+
+def test_problems_beyond_fifty_are_counted_not_listed() -> None:
+    """110,000 bad columns: every one is found, fifty are listed, so the completion event and
+    the log line stay small."""
+    files = schema([{"name": f"bad name {i}", "type": "STRING"} for i in range(110_000)], manifest=None)
+
+    with pytest.raises(SchemaValidationError) as info:
+        load_declared_state(files)
+
+    assert len(info.value.errors) == 110_000
+    message = str(info.value)
+    assert message.startswith("110000 problem(s) in the schema files:")
+    assert message.count("\n  - t.json: ") == 50
+    assert message.endswith("  - ... and 109950 more problem(s), not listed")
+    assert len(message) < 20_000
+
+
+def test_an_unforeseen_failure_while_reading_a_file_is_a_problem_of_that_file(monkeypatch) -> None:
+    from function import schema_files
+
+    def broken(*args: Any) -> Any:
+        raise OverflowError("cannot convert float infinity to integer")
+
+    monkeypatch.setattr(schema_files, "_parse_fields", broken)
+
+    errors = _errors(schema(BASE_FIELDS))
+
+    assert [(e.file, e.path) for e in errors] == [("t.json", "")]
+    assert "could not be read (OverflowError: cannot convert float infinity to integer)" in errors[0].message
 
 
 def test_the_corpus_base_is_valid() -> None:
