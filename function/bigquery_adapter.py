@@ -11,54 +11,25 @@ for the quota that other processes of the same user spend.
 
 from __future__ import annotations
 
-import concurrent.futures
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import requests.adapters
-import requests.exceptions
 from google.api_core import exceptions as gexc
-from google.api_core.retry import Retry
-from google.auth import exceptions as auth_exceptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
 from .config import REQUEST_TIMEOUT, Settings
-from .errors import PermanentError, TransientError
+from .errors import PermanentError
 from .model import Column, DatasetSpec, TableSpec, TimePartitioning, canonical_type, sorted_labels
 from .ratelimit import RateLimitedAdapter, RateLimiter, shared_limiter
+from .retries import make_retry, translate
 
 if TYPE_CHECKING:
     from .gate import Fence
 
-_TRANSIENT_TYPES = (
-    gexc.TooManyRequests,
-    gexc.InternalServerError,
-    gexc.BadGateway,
-    gexc.ServiceUnavailable,
-    gexc.GatewayTimeout,
-    ConnectionError,
-    requests.exceptions.ConnectionError,
-    requests.exceptions.ChunkedEncodingError,
-    requests.exceptions.Timeout,
-    auth_exceptions.TransportError,
-)
-# The reasons BigQuery gives to errors that go away on their own (403 rateLimitExceeded among them).
-_TRANSIENT_REASONS = {"rateLimitExceeded", "backendError", "internalError", "badGateway"}
 _RECONCILED_KEYS = {"name", "type", "mode", "description", "fields"}
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Errors worth retrying: 5xx, 429, rateLimitExceeded/backendError, lost connections."""
-    if isinstance(exc, _TRANSIENT_TYPES):
-        return True
-    errors = getattr(exc, "errors", None) or []
-    return any(isinstance(e, dict) and e.get("reason") in _TRANSIENT_REASONS for e in errors)
-
-
-def make_retry(deadline: float) -> Retry:
-    return Retry(predicate=is_transient, initial=0.25, maximum=8.0, multiplier=2.0, timeout=deadline)
 
 
 def make_client(
@@ -299,21 +270,6 @@ class BigQueryAdapter:
             return self._call(what, method, *args)
         except (gexc.NotFound, gexc.Conflict) as exc:
             raise PermanentError(f"BigQuery refused to {what}: {exc.message}") from exc
-
-
-def translate(exc: Exception, what: str, deadline: float) -> Exception:
-    """A client exception as the project's own: TransientError when waiting or delivering again
-    may help, else PermanentError with the API's message. (An exception that is not the
-    client's is a bug: it is not reported as BigQuery's answer, and not retried forever.)"""
-    if isinstance(exc, gexc.RetryError):
-        return TransientError(f"{what} kept failing for {deadline:g} s: {exc.cause}")
-    if isinstance(exc, concurrent.futures.TimeoutError):
-        return TransientError(f"{what} did not finish within {deadline:g} s")
-    if is_transient(exc):
-        return TransientError(f"{what} failed: {exc}")
-    if isinstance(exc, gexc.GoogleAPICallError):
-        return PermanentError(f"{what} was refused: {exc.message}")
-    return PermanentError(f"{what} failed unexpectedly: {type(exc).__name__}: {exc}")
 
 
 # --- conversions between the API's resources and the normalised model -----------------------

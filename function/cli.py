@@ -23,7 +23,7 @@ from . import gate, runner
 from .backups import Backups
 from .config import BUNDLED_SCHEMAS, Settings
 from .engine import EnsureResult, TableResult
-from .errors import PermanentError, TransientError
+from .errors import DeploymentError, PermanentError, TransientError
 from .events import Trigger
 from .handler import Report
 from .model import DeclaredState
@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except PermanentError as exc:
+    except (PermanentError, DeploymentError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except TransientError as exc:
@@ -162,7 +162,7 @@ def _publish(args: argparse.Namespace) -> int:
 def _sync(args: argparse.Namespace) -> int:
     settings = _settings(args)
     target = _target(args, settings)
-    uploaded = sync_folder(runner.storage_client(settings), args.source, target)
+    uploaded = sync_folder(runner.storage_client(settings), args.source, target, settings.retry_deadline)
     print(f"uploaded to {target}: {', '.join(uploaded) if uploaded else 'nothing (all files unchanged)'}")
     return 0
 

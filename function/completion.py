@@ -20,6 +20,7 @@ from google.api_core.retry import Retry
 from google.cloud import pubsub_v1
 
 from .config import Settings
+from .logs import clip
 
 EVENT_TYPES = {
     "succeeded": "com.convergence.bootstrap.v1.completed",
@@ -29,7 +30,12 @@ EVENT_TYPES = {
 SOURCE = "//bootstrap.convergence/projects/{project}/datasets/{dataset}"
 
 
+MAX_CHANGES = 200  # change lines per table in the event; the rest are counted
+MAX_ERROR = 16_000  # characters of an error
+
+
 def build_event(settings: Settings, data: dict[str, Any]) -> CloudEvent:
+    data = bounded(data)
     attributes = {
         "id": uuid.uuid4().hex,
         "source": SOURCE.format(project=settings.project, dataset=settings.dataset),
@@ -39,6 +45,25 @@ def build_event(settings: Settings, data: dict[str, Any]) -> CloudEvent:
         "datacontenttype": "application/json",
     }
     return CloudEvent(attributes, data)
+
+
+def bounded(data: dict[str, Any]) -> dict[str, Any]:
+    """The event data with every list and message of unbounded size cut to a size that keeps the
+    message far below Pub/Sub's 10 MB (a schema of 10,000 new columns has 10,000 changes)."""
+
+    def table(t: dict[str, Any]) -> dict[str, Any]:
+        changes = list(t["changes"])
+        if len(changes) > MAX_CHANGES:
+            changes = [*changes[:MAX_CHANGES], f"... and {len(changes) - MAX_CHANGES} more change(s)"]
+        error = t.get("error")
+        return {**t, "changes": changes, "error": clip(error, MAX_ERROR) if error else error}
+
+    error = data.get("error")
+    return {
+        **data,
+        "tables": [table(t) for t in data["tables"]],
+        "error": clip(error, MAX_ERROR) if error else error,
+    }
 
 
 def to_message(event: CloudEvent) -> tuple[bytes, dict[str, str]]:

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import PermanentError
+from .errors import DeploymentError
 from .model import BIGQUERY_NAME
 
 BUNDLED_SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
@@ -19,7 +19,7 @@ TRUE = {"1", "true", "yes", "on"}
 FALSE = {"", "0", "false", "no", "off"}
 
 
-class ConfigError(PermanentError):
+class ConfigError(DeploymentError):
     """The deployment's configuration is wrong; the message says which variable and why."""
 
 

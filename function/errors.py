@@ -1,9 +1,9 @@
-"""The two kinds of failure the contract distinguishes.
+"""The kinds of failure the contract distinguishes.
 
 A `PermanentError` will fail the same way however often it is delivered: the function
 acknowledges it with a `failed` completion event and an ERROR log line that says how to fix it.
 Anything transient that outlasts the bounded retries (`TransientError`) is raised instead, so
-Pub/Sub or Eventarc delivers the event again.
+Pub/Sub or Eventarc delivers the event again, as is a broken deployment (`DeploymentError`).
 """
 
 
@@ -21,3 +21,8 @@ class RefusedError(PermanentError):
 
 class TransientError(RuntimeError):
     """A dependency kept failing transiently past the retry deadline; delivering again may work."""
+
+
+class DeploymentError(Exception):
+    """The deployment is broken (a setting, a missing or unreadable bucket it names): the event
+    is not answered `failed` but raised, so it waits for the fix (then dead-letters)."""

@@ -10,20 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from . import completion, gate, logs, runner
-from .config import ConfigError, Settings
+from .config import Settings
 from .engine import EnsureResult
-from .errors import PermanentError, TransientError
+from .errors import DeploymentError, PermanentError, TransientError
 from .events import Bootstrap, EventError, Ignored, Trigger, Upload, parse_event
 from .model import BIGQUERY_NAME, DeclaredState
 from .request import BootstrapRequest
 from .schema_files import MANIFEST_NAME, load_declared_state
-from .sources import Superseded, parse_gcs_uri, read_prefix
+from .sources import Superseded, parse_gcs_uri, read_upload
 
 if TYPE_CHECKING:
     from .ledger import Entry
@@ -69,10 +70,13 @@ def handle(cloud_event: Any) -> None:
     started = time.monotonic()
     try:
         settings = Settings.from_env()
-    except ConfigError as exc:
+    except DeploymentError as exc:
         # Without a valid configuration no completion event can be sent; raising keeps the
         # event for redelivery (and the dead-letter topic) once the deployment is fixed.
-        logs.error(f"the function is misconfigured: {exc}", event_id=cloud_event["id"])
+        logs.error(
+            f"the function is misconfigured, raising so the event waits for the fix: {exc}",
+            event_id=cloud_event["id"],
+        )
         raise
     try:
         work = parse_event(cloud_event)
@@ -123,7 +127,7 @@ def _handle_request(work: Bootstrap, settings: Settings, started: float) -> None
 
 
 def _handle_upload(work: Upload, settings: Settings, started: float) -> None:
-    where = {"bucket": work.bucket, "object": work.name, "generation": work.generation}
+    where = _object_fields(work.trigger)
     if not settings.schema_source.startswith("gs://"):
         logs.info("upload ignored: SCHEMA_SOURCE is not a Cloud Storage prefix", **where)
         return
@@ -138,21 +142,19 @@ def _handle_upload(work: Upload, settings: Settings, started: float) -> None:
     request = BootstrapRequest(request_id=work.request_id, tables=(table,) if table else None)
     report = Report(settings, work.trigger, work.request_id)
 
-    def declared() -> DeclaredState:
-        client = runner.storage_client(settings)
-        files = read_prefix(client, bucket, prefix, settings.retry_deadline, pinned=(name, work.generation))
+    def declared() -> DeclaredState | Superseded:
+        files = read_upload(runner.bucket(settings, bucket), prefix, name, work.generation)
+        if isinstance(files, Superseded):
+            return files
         return load_declared_state(files, complete=False)
 
-    try:
-        _converge(report, request, declared, started, dataset_updates=table is None)
-    except Superseded as exc:
-        logs.info(f"upload not applied: {exc}; the newer generation has its own event", **where)
+    _converge(report, request, declared, started, dataset_updates=table is None)
 
 
 def _converge(
     report: Report,
     request: BootstrapRequest,
-    declared: Callable[[], DeclaredState],
+    declared: Callable[[], DeclaredState | Superseded],
     started: float,
     *,
     dataset_updates: bool = True,
@@ -163,16 +165,30 @@ def _converge(
     try:
         _check_time(report.trigger, report.settings, destructive=False)
         state = declared()
+        if isinstance(state, Superseded):
+            logs.info(
+                f"upload not applied: {state.reason}; the newer generation has its own event",
+                **_object_fields(report.trigger),
+            )
+            return
         digest = state.digest
         result = runner.run(request, report.settings, state, dataset_updates=dataset_updates)
         data = report.data(result, digest=digest)
     except PermanentError as exc:
         data = report.data(error=str(exc), digest=digest)
-    except Superseded:
-        raise  # not a failure: the upload's caller acknowledges it
     except Exception as exc:
         _raise_for_redelivery(report, exc, None)
     _finish(report.settings, data, started)
+
+
+def _object_fields(trigger: Trigger) -> dict[str, Any]:
+    """An upload's object, as its log lines name it."""
+    uploaded = trigger.object or {}
+    return {
+        "bucket": uploaded.get("bucket"),
+        "object": uploaded.get("name"),
+        "generation": int(uploaded.get("generation") or 0),
+    }
 
 
 def _raise_for_redelivery(report: Report, exc: Exception, claim: Any) -> None:
@@ -181,12 +197,17 @@ def _raise_for_redelivery(report: Report, exc: Exception, claim: Any) -> None:
     if claim is not None:
         with contextlib.suppress(Exception):  # best effort: the lease expires anyway
             claim.release()
-    kind = "transient failure" if isinstance(exc, TransientError) else f"failure ({type(exc).__name__})"
-    logs.warning(
-        f"{kind}, raising so the event is delivered again: {exc}",
-        request_id=report.request_id,
-        trigger=report.trigger.to_json(),
-    )
+    where = {"request_id": report.request_id, "trigger": report.trigger.to_json()}
+    if isinstance(exc, DeploymentError):
+        logs.error(f"the deployment is broken, raising so the event waits for the fix: {exc}", **where)
+    elif isinstance(exc, TransientError):
+        logs.warning(f"transient failure, raising so the event is delivered again: {exc}", **where)
+    else:
+        logs.error(
+            f"unexpected failure ({type(exc).__name__}), raising so the event is delivered again: {exc}",
+            traceback=traceback.format_exc()[-4000:],
+            **where,
+        )
     raise exc
 
 

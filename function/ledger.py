@@ -27,13 +27,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from google.api_core import exceptions as gexc
-from google.cloud import storage
-
-from .config import REQUEST_TIMEOUT, Settings
+from .config import Settings
 from .errors import PermanentError, TransientError
 from .request import BootstrapRequest
-from .sources import storage_retry
+from .storage_adapter import Bucket
 
 PREFIX = "ledger/"
 VERSION = 1
@@ -124,9 +121,8 @@ class Claim:
 
 
 class Ledger:
-    def __init__(self, client: storage.Client, bucket: str, settings: Settings) -> None:
-        self.bucket = client.bucket(bucket)
-        self.retry = storage_retry(settings.retry_deadline)
+    def __init__(self, bucket: Bucket, settings: Settings) -> None:
+        self.bucket = bucket
         self.owner = f"{socket.gethostname()}/{uuid.uuid4().hex[:8]}"
         # Longer than the invocation can run: the platform stops it at its timeout.
         self.lease = timedelta(seconds=settings.timeout) + LEASE_MARGIN
@@ -159,7 +155,7 @@ class Ledger:
         if current.state == "done":
             return current
         until = datetime.fromisoformat(current.data["lease_until"])
-        # (A write of ours whose answer was lost never gets here: `_upload` recognises it.)
+        # (A write of ours whose answer was lost never gets here: the adapter recognises it.)
         if current.state == "running" and until > _now():
             raise InProgress(
                 f"request {request.request_id} is being executed by {current.data['owner']} until "
@@ -186,63 +182,37 @@ class Ledger:
 
     def write(self, request_id: str, entry: dict[str, Any], generation: int) -> int:
         """Replace the entry if it is still at `generation`; the new generation."""
-        entry = {**entry, "owner": self.owner}
-        blob = self._blob(request_id)
-        if not self._upload(blob, entry, if_generation_match=generation):
+        written = self._write(request_id, {**entry, "owner": self.owner}, generation)
+        if written is None:
             raise LostLease(
                 f"another delivery took request {request_id} over: this one stops without "
                 "touching anything more"
             )
-        return blob.generation
+        return written
 
     def _take(self, request_id: str, entry: dict[str, Any], generation: int) -> Claim | None:
         entry = {**entry, "owner": self.owner, "lease_until": _iso(_now() + self.lease)}
-        blob = self._blob(request_id)
-        if not self._upload(blob, entry, if_generation_match=generation):
-            return None
-        return Claim(self, request_id, blob.generation, entry)
+        written = self._write(request_id, entry, generation)
+        return None if written is None else Claim(self, request_id, written, entry)
+
+    def _write(self, request_id: str, entry: dict[str, Any], generation: int) -> int | None:
+        # The time of the write makes each payload unique: a retried write whose first answer
+        # was lost is recognised as ours by its content (see Bucket.write).
+        payload = json.dumps({**entry, "written_at": _iso(_now())}, sort_keys=True).encode()
+        return self.bucket.write(self._name(request_id), payload, "application/json", generation)
 
     def _read(self, request_id: str) -> Entry | None:
-        blob = self._blob(request_id)
-        try:
-            blob.reload(retry=self.retry, timeout=REQUEST_TIMEOUT)
-            raw = blob.download_as_bytes(
-                if_generation_match=blob.generation, retry=self.retry, timeout=REQUEST_TIMEOUT
-            )
-        except gexc.NotFound:
+        name = self._name(request_id)
+        current = self.bucket.current(name)
+        if current is None:
             return None
-        except gexc.PreconditionFailed:  # replaced between the two calls: read the new one
-            return self._read(request_id)
-        return Entry(blob.generation, _parse(raw, f"gs://{self.bucket.name}/{blob.name}", request_id))
+        generation, raw = current
+        return Entry(generation, _parse(raw, f"gs://{self.bucket.name}/{name}", request_id))
 
-    def _upload(self, blob: storage.Blob, entry: dict[str, Any], **match: int) -> bool:
-        """A conditional write; False when another writer's write came first (412). When the
-        answer to an attempt that Cloud Storage applied is lost, the client's retry is answered
-        412 too: that write is still ours if the live entry is byte for byte what we wrote (it
-        names this ledger's owner and the time of the write)."""
-        payload = json.dumps({**entry, "written_at": _iso(_now())}, sort_keys=True)
-        try:
-            blob.upload_from_string(
-                payload, content_type="application/json", retry=self.retry, timeout=REQUEST_TIMEOUT, **match
-            )
-        except gexc.PreconditionFailed:
-            return self._holds(blob, payload)
-        return True
-
-    def _holds(self, blob: storage.Blob, payload: str) -> bool:
-        """Is `payload` the live content of `blob` (whose generation this then loads)?"""
-        try:
-            blob.reload(retry=self.retry, timeout=REQUEST_TIMEOUT)
-            live = blob.download_as_bytes(
-                if_generation_match=blob.generation, retry=self.retry, timeout=REQUEST_TIMEOUT
-            )
-        except (gexc.NotFound, gexc.PreconditionFailed):
-            return False
-        return live == payload.encode()
-
-    def _blob(self, request_id: str) -> storage.Blob:
+    @staticmethod
+    def _name(request_id: str) -> str:
         # Hashed: a request id is free text, an object name should not be.
-        return self.bucket.blob(PREFIX + hashlib.sha256(request_id.encode()).hexdigest() + ".json")
+        return PREFIX + hashlib.sha256(request_id.encode()).hexdigest() + ".json"
 
 
 def _parse(raw: bytes, where: str, request_id: str) -> dict[str, Any]:

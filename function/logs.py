@@ -13,11 +13,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 _lock = threading.Lock()
+MAX_MESSAGE = 16_000  # characters of `message`
+MAX_LINE = 200_000  # bytes of a whole line: Cloud Logging keeps at most 256 KB of an entry
 
 
 def log(severity: str, message: str, **fields: Any) -> None:
-    entry = {"severity": severity, "message": message, "time": datetime.now(UTC).isoformat(), **fields}
-    line = json.dumps(entry, default=str, separators=(",", ":"))
+    entry = {
+        "severity": severity,
+        "message": clip(message, MAX_MESSAGE),
+        "time": datetime.now(UTC).isoformat(),
+    }
+    line = json.dumps({**entry, **fields}, default=str, separators=(",", ":"))
+    if len(line.encode()) > MAX_LINE:  # the fields are what grew: keep the entry, name what was left out
+        line = json.dumps({**entry, "fields_left_out": sorted(fields)}, separators=(",", ":"))
     with _lock:  # one whole line per entry, even from worker threads
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
@@ -33,3 +41,10 @@ def warning(message: str, **fields: Any) -> None:
 
 def error(message: str, **fields: Any) -> None:
     log("ERROR", message, **fields)
+
+
+def clip(text: str, limit: int) -> str:
+    """`text`, cut to `limit` characters with a note of how much was left out."""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"... ({len(text) - limit} more characters)"

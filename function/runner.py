@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # imported where used: a bootstrap from a folder needs neithe
 
     from .gate import Authorization
     from .ledger import Ledger
+    from .storage_adapter import Bucket
 
 
 @functools.cache
@@ -39,11 +40,15 @@ def storage_client(settings: Settings) -> storage.Client:
     return storage.Client(project=settings.project)
 
 
-def load_declared(settings: Settings, files: dict[str, bytes] | None = None) -> DeclaredState:
-    """Validate the declared state (from `files`, or read from SCHEMA_SOURCE)."""
-    if files is None:
-        files = read_source(settings.schema_source, lambda: storage_client(settings), settings.retry_deadline)
-    return load_declared_state(files)
+def bucket(settings: Settings, name: str) -> Bucket:
+    from .storage_adapter import Bucket
+
+    return Bucket(storage_client(settings), name, settings.retry_deadline)
+
+
+def load_declared(settings: Settings) -> DeclaredState:
+    """Read SCHEMA_SOURCE and validate the declared state."""
+    return load_declared_state(read_source(settings.schema_source, lambda name: bucket(settings, name)))
 
 
 def ledger(settings: Settings) -> Ledger:
@@ -54,7 +59,7 @@ def ledger(settings: Settings) -> Ledger:
         )
     from .ledger import Ledger
 
-    return Ledger(storage_client(settings), settings.state_bucket, settings)
+    return Ledger(bucket(settings, settings.state_bucket), settings)
 
 
 def run(

@@ -121,6 +121,11 @@ def is_schema_file(name: str) -> bool:
     return name.endswith(".json") or name == MANIFEST_NAME
 
 
+def max_bytes(name: str) -> int:
+    """The size limit of a schema file or of the manifest."""
+    return MAX_MANIFEST_BYTES if name == MANIFEST_NAME else MAX_SCHEMA_FILE_BYTES
+
+
 def load_declared_state(files: Mapping[str, bytes], *, complete: bool = True) -> DeclaredState:
     """Validate and normalise the schema files (`<table>.json`) and the manifest.
 

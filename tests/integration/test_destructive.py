@@ -24,6 +24,7 @@ from function.errors import PermanentError, TransientError
 from function.ledger import Entry, Ledger, LostLease
 from function.request import BootstrapRequest, request_from_fields
 from function.schema_files import load_declared_state
+from function.storage_adapter import Bucket
 from tests.conftest import PROJECT, TABLES, bundled_files
 from tests.support.proxy import FaultPlan, Proxy
 from tests.support.rows import required_row
@@ -73,7 +74,7 @@ def deliver(
     """One delivery of `request`, as the function handles it: the gate (with the ledger), the
     engine, then the ledger's answer; a failure that raises gives the claim up first."""
     declared = load_declared_state(bundled_files())
-    ledger = ledger or Ledger(gcs, StackConfig.state_bucket, settings)
+    ledger = ledger or Ledger(Bucket(gcs, StackConfig.state_bucket, 5), settings)
     granted = gate.authorize(request, declared, settings, ledger, started=started or time.monotonic())
     if isinstance(granted, Entry):
         return granted
@@ -151,7 +152,7 @@ def test_eight_forced_tables_are_each_recreated_once_with_every_row_kept(
     assert drops(bigquery_proxy) == {t: 1 for t in TABLES}
     assert sorted(b["table"] for b in result.backups) == TABLES
     assert_every_row_survives(client, dataset_name, written)
-    entry = Ledger(gcs, StackConfig.state_bucket, settings).lookup(request)
+    entry = Ledger(Bucket(gcs, StackConfig.state_bucket, 5), settings).lookup(request)
     assert entry is not None and entry.data["recreated"] == TABLES
     again = deliver(settings, gcs, request)
     assert isinstance(again, Entry) and again.state == "done"
@@ -217,7 +218,7 @@ def test_an_owner_whose_lease_ran_out_drops_nothing_once_another_took_over(
     written = bootstrap_with_rows(settings, client)
     request = forced(dataset_name)
     declared = load_declared_state(bundled_files())
-    stale_ledger = Ledger(gcs, StackConfig.state_bucket, settings)
+    stale_ledger = Ledger(Bucket(gcs, StackConfig.state_bucket, 5), settings)
     stale_ledger.lease = timedelta(seconds=-1)  # it hung past its lease before its first step
     stale = gate.authorize(request, declared, settings, stale_ledger, started=time.monotonic())
     assert isinstance(stale, gate.Authorization)

@@ -17,6 +17,7 @@ from deploy.local.stack import Stack, StackConfig
 from function.config import Settings
 from function.ledger import Claim, Entry, InProgress, Ledger, LedgerCorrupt, LostLease, RequestConflict
 from function.request import BootstrapRequest
+from function.storage_adapter import Bucket
 from tests.conftest import PROJECT
 
 pytestmark = pytest.mark.emulators
@@ -35,7 +36,7 @@ def ledger(client: storage.Client, timeout: float = 540) -> Ledger:
     settings = Settings.from_env(
         {"GOOGLE_CLOUD_PROJECT": PROJECT, "BOOTSTRAP_TIMEOUT": str(timeout), "BOOTSTRAP_RETRY_DEADLINE": "5"}
     )
-    return Ledger(client, STATE_BUCKET, settings)
+    return Ledger(Bucket(client, STATE_BUCKET, 5), settings)
 
 
 def forced(request_id: str | None = None, **fields: Any) -> BootstrapRequest:
@@ -148,9 +149,9 @@ def test_an_interrupted_request_is_taken_over_at_once(gcs):
 
 def _corrupt(gcs: storage.Client, request: BootstrapRequest, payload: Any) -> None:
     claimed(ledger(gcs).claim(request))  # the object exists, then someone breaks it
-    blob = ledger(gcs)._blob(request.request_id)
+    name = Ledger._name(request.request_id)
     data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    gcs.bucket(STATE_BUCKET).blob(blob.name).upload_from_string(data)
+    gcs.bucket(STATE_BUCKET).blob(name).upload_from_string(data)
 
 
 def _valid(request: BootstrapRequest, **changes: Any) -> dict[str, Any]:

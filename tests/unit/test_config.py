@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from function.config import BUNDLED_SCHEMAS, ConfigError, Settings
-from function.errors import PermanentError
+from function.errors import DeploymentError, PermanentError
 
 PROJECT = {"GOOGLE_CLOUD_PROJECT": "local-project"}
 
@@ -202,8 +202,10 @@ def test_bad_configuration_names_the_variable(env: dict[str, str], message: str)
     assert message in str(info.value)
 
 
-def test_config_errors_are_permanent() -> None:
-    assert issubclass(ConfigError, PermanentError)
+def test_config_errors_are_the_deployments_to_fix() -> None:
+    """A misconfigured function raises (the event waits for the fix), it does not answer failed."""
+    assert issubclass(ConfigError, DeploymentError)
+    assert not issubclass(ConfigError, PermanentError)
 
 
 def test_settings_are_hashable_for_the_client_cache() -> None:
