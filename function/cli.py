@@ -76,8 +76,7 @@ def _plan(args: argparse.Namespace) -> int:
     request = request_from_fields({"tables": args.tables, "dry_run": True}, _local_id())
     result = runner.run(request, settings, runner.load_declared(settings))
     print(render(result, planning=True))
-    changed = result.dataset_action != "unchanged" or any(t.action != "unchanged" for t in result.tables)
-    return 2 if changed else 0
+    return exit_code(result.status, result.dataset_action, [t.action for t in result.tables])
 
 
 def _apply(args: argparse.Namespace) -> int:
@@ -97,11 +96,11 @@ def _apply(args: argparse.Namespace) -> int:
     if not request.destructive or request.dry_run:
         result = runner.run(request, settings, declared)
         print(render(result, planning=request.dry_run))
-        return 1 if result.status == "failed" else 0
+        return exit_code(result.status, result.dataset_action, [t.action for t in result.tables])
     granted = _authorize(request, declared, settings, started)
     if not isinstance(granted, gate.Authorization):
         print(render_event({**granted.result, "duplicate": True}))  # type: ignore[dict-item]
-        return 1 if granted.result["status"] == "failed" else 0  # type: ignore[index]
+        return _event_exit_code(granted.result)  # type: ignore[arg-type]
     result = runner.run(request, settings, declared, authorization=granted)
     if settings.state_bucket:
         trigger = Trigger("cli", request.request_id, "python -m function apply", None, None)
@@ -109,7 +108,7 @@ def _apply(args: argparse.Namespace) -> int:
             Report(settings, trigger, request.request_id).data(result, digest=declared.digest)
         )  # type: ignore[attr-defined]
     print(render(result, planning=False))
-    return 1 if result.status == "failed" else 0
+    return exit_code(result.status, result.dataset_action, [t.action for t in result.tables])
 
 
 def _authorize(
@@ -156,7 +155,7 @@ def _publish(args: argparse.Namespace) -> int:
         return 1
     print(f"\n{event['type']}")
     print(render_event(event.data))
-    return 1 if event.data["status"] == "failed" else 0
+    return _event_exit_code(event.data)
 
 
 def _sync(args: argparse.Namespace) -> int:
@@ -231,6 +230,20 @@ def _target(args: argparse.Namespace, settings: Settings) -> str:
     if not target.startswith("gs://"):
         raise PermanentError(f"upload target {target!r}: set SCHEMA_SOURCE=gs://BUCKET/PREFIX/ or pass --to")
     return target
+
+
+def exit_code(status: str, dataset_action: str | None, actions: list[str]) -> int:
+    """1 when the run failed; for a plan (a dry run), 2 when something would change and 0 when
+    nothing would, like `terraform plan -detailed-exitcode`; 0 when the state holds."""
+    if status == "failed":
+        return 1
+    if status == "planned":
+        return 2 if dataset_action != "unchanged" or any(a != "unchanged" for a in actions) else 0
+    return 0
+
+
+def _event_exit_code(data: dict[str, Any]) -> int:
+    return exit_code(data["status"], data.get("dataset_action"), [t["action"] for t in data["tables"]])
 
 
 def _progress(elapsed: float) -> None:

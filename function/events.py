@@ -68,7 +68,12 @@ class Upload:
 
 @dataclass(frozen=True)
 class Ignored:
+    """An event acknowledged and not acted on. `severity` of its log line: WARNING for an event
+    type the function does not handle (the contract's), INFO for a storage notification that is
+    not an upload (deletions, metadata updates), which a bucket sends routinely."""
+
     reason: str
+    severity: str = "WARNING"
 
 
 Work = Bootstrap | Upload | Ignored
@@ -118,7 +123,7 @@ def _pubsub(event: Any) -> Work:
 def _notification(event: Any, attributes: Mapping[str, Any]) -> Work:
     """A Cloud Storage Pub/Sub notification (JSON_API_V1) carried by messagePublished."""
     if attributes.get("eventType") != "OBJECT_FINALIZE":
-        return Ignored(f"storage notification {attributes.get('eventType')!r} is not an upload")
+        return Ignored(f"storage notification {attributes.get('eventType')!r} is not an upload", "INFO")
     return _upload(
         event, attributes.get("bucketId"), attributes.get("objectId"), attributes.get("objectGeneration")
     )

@@ -84,7 +84,7 @@ def handle(cloud_event: Any) -> None:
         _finish(settings, Report(settings, exc.trigger, exc.request_id).data(error=str(exc)), started)
         return
     if isinstance(work, Ignored):
-        logs.warning(f"event acknowledged and ignored: {work.reason}", event_id=cloud_event["id"])
+        logs.log(work.severity, f"event acknowledged and ignored: {work.reason}", event_id=cloud_event["id"])
         return
     if isinstance(work, Upload):
         _handle_upload(work, settings, started)

@@ -59,6 +59,14 @@ def test_dry_run_then_bootstrap_then_nothing_to_do(stack, inbox):
     assert (again["status"], again["dataset_action"]) == ("succeeded", "unchanged")
     assert {t["action"] for t in again["tables"]} == {"unchanged"}
 
+    wait = ("--wait", "--timeout", "120")
+    nothing = run_cli(stack, "publish", "--request-id", "plan-2", "--dry-run", *wait)
+    assert nothing.returncode == 0, nothing.stderr  # a plan with nothing to do
+    forced = ("--force-recreate-tables", "--tables", "tenant_profiles", "--confirm", "tenants")
+    would = run_cli(stack, "publish", "--request-id", "plan-3", "--dry-run", *forced, *wait)
+    assert would.returncode == 2, would.stderr  # a plan with something to do, as `plan` exits
+    assert "recreate" in would.stdout
+
     summaries = [line for line in log_lines(stack) if line.get("request_id") == "boot-2"]
     assert len(summaries) == 1
     assert summaries[0]["severity"] == "INFO"

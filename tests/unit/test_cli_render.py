@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from function.cli import render
+import pytest
+
+from function.cli import exit_code, render
 from function.engine import EnsureResult, TableResult
 
 
@@ -95,3 +97,19 @@ def test_no_tables() -> None:
     result = EnsureResult("tenants", "unchanged", dry_run=True)
     assert render(result, planning=True) == "dataset tenants: unchanged\n\nPlan: no tables."
     assert result.status == "planned"
+
+
+@pytest.mark.parametrize(
+    ("status", "dataset_action", "actions", "code"),
+    [
+        ("succeeded", "unchanged", ["updated", "created"], 0),
+        ("failed", "unchanged", ["blocked"], 1),
+        ("failed", "failed", [], 1),
+        ("planned", "unchanged", ["unchanged", "unchanged"], 0),
+        ("planned", "unchanged", ["unchanged", "blocked"], 2),  # a blocked table is a plan's result
+        ("planned", "created", [], 2),
+    ],
+    ids=["applied", "blocked", "dataset failed", "plan: nothing", "plan: blocked", "plan: new dataset"],
+)
+def test_exit_codes_follow_plan_and_apply(status, dataset_action, actions, code) -> None:
+    assert exit_code(status, dataset_action, actions) == code

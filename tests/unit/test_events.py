@@ -70,20 +70,26 @@ def test_both_upload_event_kinds_become_the_same_upload(event):
 
 
 @pytest.mark.parametrize(
-    ("event", "reason"),
+    ("event", "reason", "severity"),
     [
         (
             published(None, eventType="OBJECT_DELETE", bucketId="b", objectId="x", objectGeneration="1"),
             "OBJECT_DELETE",
+            "INFO",  # a bucket sends these routinely
         ),
-        (CloudEvent({"type": "com.example.other", "source": "//x", "id": "1"}, {}), "com.example.other"),
+        (
+            CloudEvent({"type": "com.example.other", "source": "//x", "id": "1"}, {}),
+            "com.example.other",
+            "WARNING",  # the contract: anything else is acknowledged with a warning
+        ),
     ],
     ids=["deletion", "other-type"],
 )
-def test_other_events_are_ignored_with_the_reason(event, reason):
+def test_other_events_are_ignored_with_the_reason(event, reason, severity):
     work = parse_event(event)
     assert isinstance(work, Ignored)
     assert reason in work.reason
+    assert work.severity == severity
 
 
 @pytest.mark.parametrize(
