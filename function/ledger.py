@@ -126,6 +126,8 @@ class Ledger:
         self.owner = f"{socket.gethostname()}/{uuid.uuid4().hex[:8]}"
         # Longer than the invocation can run: the platform stops it at its timeout.
         self.lease = timedelta(seconds=settings.timeout) + LEASE_MARGIN
+        # How long a concurrent delivery waits for the owner to finish before it raises.
+        self.wait = min(30.0, settings.retry_deadline)
 
     def lookup(self, request: BootstrapRequest) -> Entry | None:
         """The request's entry, if any; RequestConflict when it belongs to another body."""
@@ -168,10 +170,11 @@ class Ledger:
             raise InProgress(f"request {request.request_id} was just taken over by another delivery")
         return claimed
 
-    def claim_when_free(self, request: BootstrapRequest, wait: float = 30.0) -> Claim | Entry:
-        """`claim`, waiting a while for a concurrent delivery of the same request to finish,
-        so that a duplicate is answered with its result instead of a retry."""
-        deadline = time.monotonic() + wait
+    def claim_when_free(self, request: BootstrapRequest) -> Claim | Entry:
+        """`claim`, waiting a while (the retry deadline, at most 30 s) for a concurrent delivery
+        of the same request to finish, so that a duplicate is answered with its result instead
+        of a retry."""
+        deadline = time.monotonic() + self.wait
         while True:
             try:
                 return self.claim(request)
