@@ -17,7 +17,6 @@ REPO = Path(__file__).resolve().parents[2]
 FAKE = Path(__file__).resolve().parent / "fake_gcloud.py"
 PROJECT = "acme-tenants-prod"
 PROJECT_NUMBER = "123456789012"
-REAL_GCLOUD = shutil.which("gcloud")
 
 # Verbs that change something; a second run must use none of them.
 MUTATING = {
@@ -144,8 +143,6 @@ class Harness:
             FAKE_STATE=str(self.state),
             FAKE_LOG=str(self.log),
         )
-        if REAL_GCLOUD:  # the real, offline `gcloud meta list-files-for-upload`
-            env["FAKE_REAL_GCLOUD"] = REAL_GCLOUD
         env.update(extra)
         return {k: v for k, v in env.items() if v is not None}
 

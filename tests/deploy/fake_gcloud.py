@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -430,23 +429,11 @@ class Fake:
 
 
 def list_files(directory: str) -> str:
-    real = os.environ.get("FAKE_REAL_GCLOUD")
-    if real:
-        done = subprocess.run(
-            [real, "meta", "list-files-for-upload", directory],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return done.stdout
-    root = Path(directory)
-    skip = {".git", ".venv", "tests", "deploy", "__pycache__"}
-    files = [
-        p.relative_to(root).as_posix()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and not skip.intersection(p.relative_to(root).parts)
-    ]
-    return "".join(f + "\n" for f in files)
+    """`gcloud meta list-files-for-upload`: the repository's own .gcloudignore rules, which
+    tests/deploy/test_deploy_upload.py checks against the real gcloud where it is installed."""
+    import gcloudignore  # beside this file
+
+    return "".join(f + "\n" for f in sorted(gcloudignore.upload_set(Path(directory))))
 
 
 def main() -> int:

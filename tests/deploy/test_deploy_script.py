@@ -267,6 +267,14 @@ def test_changed_test_files_do_not_redeploy(deployed: Harness) -> None:
     assert ok(harness.deploy()).mutations == []
 
 
+def test_files_gcloudignore_leaves_out_do_not_redeploy(deployed: Harness) -> None:
+    """The deploy hash covers exactly the upload set: the repository's real .gcloudignore."""
+    harness = deployed
+    (harness.root / "README.md").write_text("# edited\n")
+    (harness.root / "Makefile").write_text("all:\n")
+    assert ok(harness.deploy()).mutations == []
+
+
 def test_changed_schemas_are_synced_again(deployed: Harness) -> None:
     harness = deployed
     harness.write_schema("accounts", "account_id")

@@ -4,7 +4,6 @@ starts under functions-framework in a clean virtual environment built from requi
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -16,83 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.deploy import gcloudignore
+
 REPO = Path(__file__).resolve().parents[2]
 GCLOUD = shutil.which("gcloud")
 
 
 # ---------------------------------------------------------------------------------------------
 # The upload set
-
-
-def _pattern_regex(glob: str) -> re.Pattern[str]:
-    out = ""
-    i = 0
-    while i < len(glob):
-        c = glob[i]
-        if glob.startswith("**", i):
-            out += ".*"
-            i += 2
-            continue
-        if c == "*":
-            out += "[^/]*"
-        elif c == "?":
-            out += "[^/]"
-        elif c == "[":
-            end = glob.find("]", i)
-            out += glob[i : end + 1] if end > i else re.escape(c)
-            i = end if end > i else i
-        else:
-            out += re.escape(c)
-        i += 1
-    return re.compile(out + r"\Z")
-
-
-def _rules(ignore_file: Path) -> list[tuple[bool, bool, bool, re.Pattern[str]]]:
-    """(negated, directory only, anchored, regex) per line, gitignore style."""
-    rules = []
-    for raw in ignore_file.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        negated = line.startswith("!")
-        line = line.removeprefix("!")
-        dir_only = line.endswith("/")
-        line = line.rstrip("/")
-        anchored = "/" in line
-        rules.append((negated, dir_only, anchored, _pattern_regex(line.lstrip("/"))))
-    return rules
-
-
-def _ignored(rel: str, is_dir: bool, rules: list[tuple[bool, bool, bool, re.Pattern[str]]]) -> bool:
-    verdict = False
-    for negated, dir_only, anchored, regex in rules:
-        if dir_only and not is_dir:
-            continue
-        subject = rel if anchored else rel.rsplit("/", 1)[-1]
-        if regex.match(subject):
-            verdict = not negated
-    return verdict
-
-
-def upload_set_by_rules(root: Path) -> set[str]:
-    """The .gcloudignore semantics this repository uses (gitignore's: last match wins, an
-    excluded directory is not entered), for machines without gcloud."""
-    ignore = root / ".gcloudignore"
-    rules = _rules(ignore) if ignore.exists() else []
-    found: set[str] = set()
-
-    def walk(directory: Path) -> None:
-        for entry in sorted(directory.iterdir()):
-            rel = entry.relative_to(root).as_posix()
-            if _ignored(rel, entry.is_dir(), rules):
-                continue
-            if entry.is_dir():
-                walk(entry)
-            else:
-                found.add(rel)
-
-    walk(root)
-    return found
 
 
 def upload_set_by_gcloud(root: Path) -> set[str]:
@@ -110,7 +40,7 @@ def upload_set_by_gcloud(root: Path) -> set[str]:
 def upload_set(root: Path) -> set[str]:
     """What `gcloud functions deploy --source=ROOT` uploads: gcloud's own answer where gcloud is
     installed (`gcloud meta list-files-for-upload` works offline), else the rules above."""
-    return upload_set_by_gcloud(root) if GCLOUD else upload_set_by_rules(root)
+    return upload_set_by_gcloud(root) if GCLOUD else gcloudignore.upload_set(root)
 
 
 def _tree(root: Path, files: list[str]) -> None:
@@ -161,7 +91,7 @@ KEPT_OUT = [
 
 def test_rules_upload_only_what_the_function_runs(tmp_path: Path) -> None:
     _tree(tmp_path, SHIPPED + KEPT_OUT)
-    assert upload_set_by_rules(tmp_path) == set(SHIPPED)
+    assert gcloudignore.upload_set(tmp_path) == set(SHIPPED)
 
 
 @pytest.mark.skipif(not GCLOUD, reason="gcloud is not installed: its own listing not compared")

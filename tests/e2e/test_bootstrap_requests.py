@@ -126,10 +126,11 @@ BAD_MESSAGES = [
 
 @pytest.mark.parametrize(("case", "data", "message"), BAD_MESSAGES, ids=[c[0] for c in BAD_MESSAGES])
 def test_bad_messages_are_acknowledged_with_a_failed_event_and_change_nothing(
-    stack, inbox, case, data, message
+    stack, proxies, inbox, case, data, message
 ):
     request_id = f"bad-{case}"
     before = bigquery_snapshot(stack)
+    proxies["bigquery"].reset()
 
     response = push(stack, data.replace(b"%s", request_id.encode()), message_id=request_id)
 
@@ -139,6 +140,7 @@ def test_bad_messages_are_acknowledged_with_a_failed_event_and_change_nothing(
     assert event.data["status"] == "failed"
     assert message in event.data["error"]
     assert event.data["tables"] == []
+    assert proxies["bigquery"].requests() == []  # refused before any request, reads included
     assert bigquery_snapshot(stack) == before
     errors = [line for line in log_lines(stack) if line.get("request_id") == request_id]
     assert [line["severity"] for line in errors] == ["ERROR"]
@@ -183,8 +185,14 @@ def test_bigquery_outage_answers_5xx_and_the_redelivery_completes(stack, inbox):
     assert {t["action"] for t in event.data["tables"]} <= {"created", "unchanged"}
     assert sorted(t.table_id for t in stack.bigquery_client().list_tables("tenants")) == TABLES
     assert len(inbox.all("outage-1")) == 1
-    warnings = [line for line in log_lines(stack) if "outage" in json.dumps(line)]
-    assert warnings  # the failed attempts were logged
+    raised = [
+        line
+        for line in log_lines(stack)
+        if line.get("request_id") in ("outage-direct", "outage-1") and line["severity"] == "WARNING"
+    ]
+    assert raised and all(
+        "transient failure, raising so the event is delivered again" in line["message"] for line in raised
+    )
 
 
 def _raw_push(stack: Stack, data: str, message_id: str) -> requests.Response:
