@@ -15,6 +15,7 @@ from typing import Any
 _lock = threading.Lock()
 MAX_MESSAGE = 16_000  # characters of `message`
 MAX_LINE = 200_000  # bytes of a whole line: Cloud Logging keeps at most 256 KB of an entry
+MAX_FIELD = 8_000  # characters of one field's JSON, kept when the whole line is too long
 
 
 def log(severity: str, message: str, **fields: Any) -> None:
@@ -24,8 +25,10 @@ def log(severity: str, message: str, **fields: Any) -> None:
         "time": datetime.now(UTC).isoformat(),
     }
     line = json.dumps({**entry, **fields}, default=str, separators=(",", ":"))
-    if len(line.encode()) > MAX_LINE:  # the fields are what grew: keep the entry, name what was left out
-        line = json.dumps({**entry, "fields_left_out": sorted(fields)}, separators=(",", ":"))
+    if len(line.encode()) > MAX_LINE:  # a field grew: keep the small ones (the request id...)
+        large = sorted(k for k, v in fields.items() if len(json.dumps(v, default=str)) > MAX_FIELD)
+        kept = {k: v for k, v in fields.items() if k not in large}
+        line = json.dumps({**entry, **kept, "fields_left_out": large}, default=str, separators=(",", ":"))
     with _lock:  # one whole line per entry, even from worker threads
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
