@@ -261,24 +261,24 @@ def _parse_fields(
             errors.append(SchemaError(file, where, "each field must be a JSON object"))
             continue
         raw_name = item.get("name")
+        duplicate = None
         if isinstance(raw_name, str) and raw_name:
             where = f"{parent}.{raw_name}" if parent else raw_name
-        column = _parse_field(file, item, where, depth, errors)
-        if column is None:
-            continue
-        folded = column.name.lower()
-        if folded in seen:
+            # Checked whatever else is wrong with the field: every problem is reported at once.
+            duplicate = seen.get(raw_name.lower())
+            seen.setdefault(raw_name.lower(), raw_name)
+        if duplicate is not None:
             errors.append(
                 SchemaError(
                     file,
                     where,
-                    f"duplicates column {seen[folded]!r} (BigQuery compares column names "
+                    f"duplicates column {duplicate!r} (BigQuery compares column names "
                     "case-insensitively); rename or remove one",
                 )
             )
-            continue
-        seen[folded] = column.name
-        columns.append(column)
+        column = _parse_field(file, item, where, depth, errors)
+        if column is not None and duplicate is None:
+            columns.append(column)
     return tuple(columns)
 
 

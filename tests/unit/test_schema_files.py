@@ -1215,3 +1215,28 @@ def test_range_columns_load_with_their_element_type_and_are_refused_without_it()
     bad = [{"name": "validity", "type": "RANGE"}]
     with pytest.raises(SchemaValidationError, match='a RANGE needs "rangeElementType"'):
         load_declared_state({"t.json": json.dumps(bad).encode()})
+
+
+def test_every_problem_of_a_file_is_reported_at_once() -> None:
+    """A bad type, a bad mode, an invalid name and a case-insensitive duplicate: four problems,
+    the duplicate among them although the duplicated field has problems of its own."""
+    fields = [
+        {"name": "tenant_id", "type": "STRING"},
+        {"name": "amount", "type": "MONEY"},
+        {"name": "note", "type": "STRING", "mode": "OPTIONAL"},
+        {"name": "bad name", "type": "STRING"},
+        {"name": "Tenant_ID", "type": "VARCHAR"},
+    ]
+
+    errors = _errors(schema(fields, manifest=None))
+
+    assert sorted((e.path, e.message.split(";")[0]) for e in errors) == [
+        ("Tenant_ID", "duplicates column 'tenant_id' (BigQuery compares column names case-insensitively)"),
+        ("Tenant_ID", "unknown type 'VARCHAR'"),
+        ("amount", "unknown type 'MONEY'"),
+        (
+            "bad name",
+            "invalid column name: use letters, digits and underscores, start with a letter or underscore, at most 300 characters",
+        ),
+        ("note", "unknown mode 'OPTIONAL'"),
+    ]
