@@ -158,6 +158,30 @@ def _publish(args: argparse.Namespace) -> int:
     return _event_exit_code(event.data)
 
 
+def _events(args: argparse.Namespace) -> int:
+    """Completion events as they are published: the function's runs, watched."""
+    settings = _settings(args)
+    watch = CompletionWatch(settings.project, settings.completion_topic, args.subscription)
+    where = args.subscription or f"a temporary subscription on {settings.completion_topic} (deleted on exit)"
+    print(f"watching completion events through {where}; Ctrl-C stops", file=sys.stderr, flush=True)
+    seen = 0
+    try:
+        for event in watch.follow(None if args.follow else args.timeout):
+            seen += 1
+            print(f"\n{event['time']}  {event['type']}")
+            print(render_event(event.data), flush=True)
+            if not args.follow:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        watch.close()
+    if not seen and not args.follow:
+        print(f"no completion event within {args.timeout:g} s", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _sync(args: argparse.Namespace) -> int:
     settings = _settings(args)
     target = _target(args, settings)
@@ -260,8 +284,11 @@ def render_event(data: dict[str, Any]) -> str:
         tables=[
             TableResult(t["table"], t["action"], tuple(t["changes"]), t["error"]) for t in data["tables"]
         ],
+        backups=list(data.get("backups") or []),
     )
     header = f"request {data['request_id']}: {data['status']} in {data['duration_ms']} ms"
+    if data.get("duplicate"):
+        header += " (duplicate: this request had already run; this is its recorded result)"
     return header + "\n" + render(result, planning=data["dry_run"])
 
 
@@ -279,6 +306,12 @@ def render(result: EnsureResult, *, planning: bool) -> str:
         lines += [f"        {c}" for c in t.changes]
         if t.error:
             lines.append(f"        error: {t.error}")
+    if result.backups:
+        lines.append("\nBackups taken (`python -m function restore BACKUP` copies one back):")
+        lines += [
+            f"  {b['backup'].split('.')[-1]}  of {b['table']}, {b['rows']} rows, expires {b['expires_at']}"
+            for b in result.backups
+        ]
     counts = result.counts()
     summary = ", ".join(f"{n} {words.get(a, a)}" for a, n in sorted(counts.items()))
     lines.append(f"\n{'Plan' if planning else 'Result'}: {summary or 'no tables'}.")
@@ -343,6 +376,24 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("--timeout", type=float, default=300.0, help="seconds to wait (default 300)")
     publish.add_argument("--subscription", help="existing pull subscription on the completion topic")
     publish.set_defaults(handler=_publish)
+
+    events = sub.add_parser(
+        "events", help="show completion events as the function publishes them (--follow: keep watching)"
+    )
+    common(events, tables=False)
+    events.add_argument("--follow", action="store_true", help="keep watching until Ctrl-C")
+    events.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        help="without --follow: seconds to wait for one event (default 300)",
+    )
+    events.add_argument(
+        "--subscription",
+        help="read (and acknowledge) an existing pull subscription, e.g. bootstrap-completed-watch, instead "
+        "of a temporary one",
+    )
+    events.set_defaults(handler=_events)
 
     sync = sub.add_parser("sync", help="validate a schema folder and upload what changed to the bucket")
     common(sync, tables=False)

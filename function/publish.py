@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from cloudevents.http import CloudEvent
@@ -72,6 +72,22 @@ class CompletionWatch:
             if found is not None:
                 return found
         return None
+
+    def follow(self, timeout: float | None) -> Iterator[CloudEvent]:
+        """Every completion event, acknowledged as it is yielded, until `timeout` seconds pass
+        without one (None: until interrupted)."""
+        quiet_since = time.monotonic()
+        while timeout is None or time.monotonic() - quiet_since < timeout:
+            try:
+                response = self.client.pull(
+                    request={"subscription": self.path, "max_messages": 50}, timeout=10.0
+                )
+            except gexc.DeadlineExceeded:
+                continue
+            for received in response.received_messages:
+                yield parse_message(received.message.data, received.message.attributes)
+                self.client.acknowledge(request={"subscription": self.path, "ack_ids": [received.ack_id]})
+                quiet_since = time.monotonic()
 
     def close(self) -> None:
         if self.temporary:

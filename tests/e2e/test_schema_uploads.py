@@ -5,6 +5,10 @@ Eventarc form (`google.cloud.storage.object.v1.finalized`) posted straight to th
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,8 +21,8 @@ from google.cloud import storage
 
 from deploy.local.stack import Stack, StackConfig
 from function.sync import sync_folder
-from tests.conftest import BUCKET, PREFIX, PROJECT, SCHEMAS, TABLES
-from tests.support.e2e import Inbox, bigquery_snapshot, log_lines, run_cli
+from tests.conftest import BUCKET, PREFIX, PROJECT, REPO, SCHEMAS, TABLES
+from tests.support.e2e import Inbox, bigquery_snapshot, log_lines, run_cli, wait_for
 from tests.support.rows import required_row
 
 pytestmark = pytest.mark.emulators
@@ -323,3 +327,40 @@ def _wait_for_log(stack: Stack, match: Any, timeout: float = 60.0) -> dict[str, 
                 return entry
         time.sleep(0.2)
     raise AssertionError("no matching log line")
+
+
+def test_events_follow_shows_the_run_an_upload_started(stack, inbox, gcs, seeded):
+    """`python -m function events --follow`: a temporary subscription, each event as it comes
+    (type, request id, status, per-table actions and changes), deleted on exit."""
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "function", "events", "--follow"],
+        cwd=REPO,
+        env={**os.environ, **stack.env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        topic = f"projects/{PROJECT}/topics/{stack.config.completion_topic}"
+        publisher = stack.publisher()
+
+        def temporary() -> list[str]:
+            subs = publisher.list_topic_subscriptions(request={"topic": topic})
+            return [s for s in subs if "bootstrap-wait-" in s]
+
+        wait_for(temporary, what="the watcher's subscription")
+        columns = [*schema("tenant_subscriptions"), _column("watched_note")]
+        generation = upload(gcs, "tenant_subscriptions.json", columns)
+        request_id = f"{BUCKET}/{PREFIX}tenant_subscriptions.json#{generation}"
+        inbox.wait(request_id)
+        watcher.send_signal(signal.SIGINT)
+        out, err = watcher.communicate(timeout=60)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+
+    assert watcher.returncode == 0, err
+    assert "com.convergence.bootstrap.v1.completed" in out
+    assert f"request {request_id}: succeeded" in out
+    assert "tenant_subscriptions  updated" in out and "add column watched_note NULLABLE STRING" in out
+    assert temporary() == []  # deleted on exit
