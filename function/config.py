@@ -22,10 +22,10 @@ from .setting_values import Flag, Invalid, Number, Parser, Pattern, Text
 BUNDLED_SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 PROJECT_ID = re.compile(r"^(?:[a-z][a-z0-9.:-]{1,62}[a-z0-9])$")
 TOPIC_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9._~+%-]{2,254}$")
-LOCATION = re.compile(r".+", re.DOTALL)
+LOCATION = re.compile(r"[A-Za-z0-9-]+")
 REQUEST_TIMEOUT = 30.0  # seconds for one HTTP request to a Google API; retry deadlines bound the total
-# Read by the official clients; the settings keep those that are set, so that clients made for
-# an emulator are never shared with clients made for Google.
+# Read by the official clients; the settings keep those that are set, so that the clients
+# runner caches per Settings follow them.
 EMULATORS = ("BIGQUERY_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST")
 
 
@@ -63,11 +63,12 @@ class Setting:
 
 
 def _not_the_dataset(backup: str, above: Mapping[str, Any]) -> None:
+    # Compared without case, to be safe with case-insensitive datasets.
     dataset = above.get("dataset")
-    if backup and backup == dataset:
+    if backup and dataset is not None and backup.lower() == dataset.lower():
         raise Invalid(
             "{setting} is the dataset itself: a dataset recreation would delete its own backups; "
-            "name another dataset"
+            "name another dataset (compared without case)"
         )
 
 
@@ -100,7 +101,7 @@ SETTINGS: tuple[Setting, ...] = (
         "US",
         Pattern(
             LOCATION,
-            "a BigQuery location such as US or EU",
+            "a BigQuery location such as US, EU or us-central1",
             blank="{variable} is empty: name a BigQuery location such as US or EU",
         ),
         "dataset location",
