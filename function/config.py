@@ -195,7 +195,7 @@ class Reading:
     """One setting as read: where it came from, its text, and its value or why it is refused."""
 
     setting: Setting
-    source: str  # "default", "flag", "env", or "env VARIABLE" for a fallback
+    source: str  # "default", "env", "env VARIABLE" (a fallback), "flag" or "flag --FLAG"
     text: str | None = None  # None: the default
     value: Any = None
     problem: str | None = None
@@ -242,7 +242,7 @@ def _read(row: Setting, env: Mapping[str, str], override: object, above: Mapping
 def _given(row: Setting, env: Mapping[str, str], override: object) -> tuple[str, str, str | None]:
     """(source, variable, text); an override is given as a command line would give it."""
     if override is not None:
-        return "flag", row.variable, str(override)
+        return f"flag {row.flag}" if row.flag else "flag", row.variable, str(override)
     for variable in row.variables:
         text = env.get(variable)
         if text is not None and (row.keep_blank or text.strip()):

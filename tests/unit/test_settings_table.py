@@ -134,7 +134,7 @@ def test_overrides_are_read_like_the_environment_and_say_so() -> None:
     readings = {r.setting.name: r for r in read_settings(PROJECT, {"concurrency": "65", "dataset": "x"})}
     assert readings["concurrency"].source == "flag"
     assert readings["concurrency"].problem == "BOOTSTRAP_CONCURRENCY='65': must be between 1 and 64"
-    assert (readings["dataset"].source, readings["dataset"].value) == ("flag", "x")
+    assert (readings["dataset"].source, readings["dataset"].value) == ("flag --dataset", "x")
     assert Settings.from_env(PROJECT, concurrency=8, allow_destructive=True).concurrency == 8
 
 
