@@ -79,7 +79,11 @@ SETTINGS: tuple[Setting, ...] = (
         "project",
         "GOOGLE_CLOUD_PROJECT",
         None,
-        Pattern(PROJECT_ID, "3-64 lower-case letters, digits, hyphens, dots or colons", "project id"),
+        Pattern(
+            PROJECT_ID,
+            "3-64 lower-case letters, digits, hyphens, dots or colons, a letter first",
+            "project id",
+        ),
         "project of the dataset and topics",
         fallbacks=("GCP_PROJECT",),
         flag="--project",
