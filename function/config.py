@@ -41,7 +41,7 @@ class Setting:
     variable: str
     default: Any
     parse: Parser
-    meaning: str  # one line, for --help and the README
+    meaning: str  # one line, for --help (the README may say more)
     fallbacks: tuple[str, ...] = ()  # read in turn when the variable is unset or blank
     flag: str | None = None  # the CLI's common flag, if it has one
     required: bool = False
