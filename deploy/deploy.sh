@@ -35,6 +35,10 @@ $SETTINGS_HELP
   --retry-deadline SECONDS    BOOTSTRAP_RETRY_DEADLINE          60
   --concurrency N             BOOTSTRAP_CONCURRENCY             32
 
+The settings the function reads (its environment, as deployed) are checked by the function's own
+rules before any command: 'python -m function settings --check' lists every problem at once, with
+what each setting allows.
+
 Switches:
   --allow-destructive   deploy with ALLOW_DESTRUCTIVE=true and give the function what
                         force_recreate_* requests need: delete and row-read permissions on the
@@ -53,7 +57,8 @@ Switches:
   -h, --help            this text
 
 Environment only:
-  PYTHON                interpreter for 'python -m function sync', with requirements.txt
+  PYTHON                interpreter for 'python -m function settings --check' (every run,
+                        --dry-run too) and 'python -m function sync', with requirements.txt
                         installed (default: .venv/bin/python if it exists, else python3)
 EOF
 }
@@ -114,6 +119,24 @@ while (($#)); do
   shift
 done
 
+resolve_common_settings
+SCHEMA_SOURCE="gs://${BOOTSTRAP_SCHEMA_BUCKET}/schemas/"
+# The function's environment, exactly as section 7 deploys it.
+FUNCTION_ENV=(
+  "GOOGLE_CLOUD_PROJECT=$GOOGLE_CLOUD_PROJECT"
+  "BOOTSTRAP_DATASET=$BOOTSTRAP_DATASET"
+  "BOOTSTRAP_LOCATION=$BOOTSTRAP_LOCATION"
+  "SCHEMA_SOURCE=$SCHEMA_SOURCE"
+  "COMPLETION_TOPIC=$COMPLETION_TOPIC"
+  "ALLOW_DESTRUCTIVE=$ALLOW_DESTRUCTIVE"
+  "BOOTSTRAP_STATE_BUCKET=$BOOTSTRAP_STATE_BUCKET"
+  "BOOTSTRAP_BACKUP_DATASET=$BOOTSTRAP_BACKUP_DATASET"
+  "BOOTSTRAP_MAX_EVENT_AGE=$BOOTSTRAP_MAX_EVENT_AGE"
+  "BOOTSTRAP_RETRY_DEADLINE=$BOOTSTRAP_RETRY_DEADLINE"
+  "BOOTSTRAP_CONCURRENCY=$BOOTSTRAP_CONCURRENCY"
+  "BOOTSTRAP_TIMEOUT=$BOOTSTRAP_TIMEOUT" # the request ledger's lease outlives it
+)
+check_function_settings "${FUNCTION_ENV[@]}"
 validate_common_settings
 positive='^[1-9][0-9]*$'
 check "runtime (--runtime, BOOTSTRAP_RUNTIME)" "$BOOTSTRAP_RUNTIME" '^python3[0-9]{1,2}$' \
@@ -122,6 +145,7 @@ check "memory (--memory, BOOTSTRAP_MEMORY)" "$BOOTSTRAP_MEMORY" '^[1-9][0-9]*(k|
   'a size such as 512Mi or 1Gi'
 check "max instances (--max-instances, BOOTSTRAP_MAX_INSTANCES)" "$BOOTSTRAP_MAX_INSTANCES" \
   "$positive" 'a positive integer'
+# Also the function's setting (checked above, 10 to 3600 seconds); gcloud's spelling here.
 check "timeout (--timeout, BOOTSTRAP_TIMEOUT)" "$BOOTSTRAP_TIMEOUT" '^[1-9][0-9]*s$' \
   'seconds with an s, such as 540s'
 check "ingress (--ingress, BOOTSTRAP_INGRESS)" "$BOOTSTRAP_INGRESS" \
@@ -130,39 +154,22 @@ check "max delivery attempts (--max-delivery-attempts, BOOTSTRAP_MAX_DELIVERY_AT
   "$BOOTSTRAP_MAX_DELIVERY_ATTEMPTS" "$positive" 'an integer from 5 to 100'
 ((BOOTSTRAP_MAX_DELIVERY_ATTEMPTS >= 5 && BOOTSTRAP_MAX_DELIVERY_ATTEMPTS <= 100)) ||
   usage_error "invalid max delivery attempts '$BOOTSTRAP_MAX_DELIVERY_ATTEMPTS': Pub/Sub allows 5 to 100"
-check "max event age (--max-event-age, BOOTSTRAP_MAX_EVENT_AGE)" "$BOOTSTRAP_MAX_EVENT_AGE" \
-  "$positive" 'a positive number of seconds'
-check "retry deadline (--retry-deadline, BOOTSTRAP_RETRY_DEADLINE)" "$BOOTSTRAP_RETRY_DEADLINE" \
-  "$positive" 'a positive number of seconds'
-check "concurrency (--concurrency, BOOTSTRAP_CONCURRENCY)" "$BOOTSTRAP_CONCURRENCY" \
-  "$positive" 'a positive integer'
 for requester in ${REQUESTERS[@]+"${REQUESTERS[@]}"}; do
   check "requester (--requester)" "$requester" \
     '^(user|group|serviceAccount|domain|principal|principalSet):[^[:space:],]+$' \
     'an IAM member such as user:EMAIL, group:EMAIL or serviceAccount:EMAIL'
 done
 
-if [[ -z ${PYTHON:-} ]]; then
-  if [[ -x $ROOT/.venv/bin/python ]]; then
-    PYTHON=$ROOT/.venv/bin/python
-  else
-    PYTHON=python3
-  fi
-fi
 if ((!DRY_RUN)); then
   require_tool gcloud "install the Google Cloud CLI: https://cloud.google.com/sdk/docs/install"
   require_tool bq "it comes with the Google Cloud CLI (gcloud components install bq)"
   require_tool python3 "deploy/dataset_access.py edits the datasets' access entries with it"
-  if ((!SKIP_SYNC)); then
-    require_tool "$PYTHON" "set PYTHON to an interpreter with requirements.txt installed (make venv)"
-  fi
 fi
 [[ -f $ROOT/main.py ]] || ((DRY_RUN)) ||
   die "$ROOT/main.py not found: the function's entry point must be in the repository root"
 
 P=$GOOGLE_CLOUD_PROJECT
 R=$BOOTSTRAP_REGION
-SCHEMA_SOURCE="gs://${BOOTSTRAP_SCHEMA_BUCKET}/schemas/"
 STORAGE_EVENT=google.cloud.storage.object.v1.finalized
 
 # The runtime service account's custom roles. deploy.sh creates both datasets, so the account
@@ -462,23 +469,10 @@ fi
 # ---------------------------------------------------------------------------------------------
 # 7. The function, with its Pub/Sub trigger on the requests topic
 
+# No value holds a comma: the checks above refuse any that would.
 ENV_VARS=$(
   IFS=,
-  vars=(
-    "GOOGLE_CLOUD_PROJECT=$P"
-    "BOOTSTRAP_DATASET=$BOOTSTRAP_DATASET"
-    "BOOTSTRAP_LOCATION=$BOOTSTRAP_LOCATION"
-    "SCHEMA_SOURCE=$SCHEMA_SOURCE"
-    "COMPLETION_TOPIC=$COMPLETION_TOPIC"
-    "ALLOW_DESTRUCTIVE=$ALLOW_DESTRUCTIVE"
-    "BOOTSTRAP_STATE_BUCKET=$BOOTSTRAP_STATE_BUCKET"
-    "BOOTSTRAP_BACKUP_DATASET=$BOOTSTRAP_BACKUP_DATASET"
-    "BOOTSTRAP_MAX_EVENT_AGE=$BOOTSTRAP_MAX_EVENT_AGE"
-    "BOOTSTRAP_RETRY_DEADLINE=$BOOTSTRAP_RETRY_DEADLINE"
-    "BOOTSTRAP_CONCURRENCY=$BOOTSTRAP_CONCURRENCY"
-    "BOOTSTRAP_TIMEOUT=$BOOTSTRAP_TIMEOUT" # the request ledger's lease outlives it
-  )
-  printf '%s' "${vars[*]}"
+  printf '%s' "${FUNCTION_ENV[*]}"
 )
 DEPLOY_ARGS=(
   functions deploy "$BOOTSTRAP_FUNCTION" --gen2 --region="$R"

@@ -46,6 +46,9 @@ sha256() {
 
 # ---------------------------------------------------------------------------------------------
 # Settings: each is a flag and an environment variable of the same meaning; the flag wins.
+#
+# The settings the function reads are checked by the function's own rules
+# (check_function_settings); the scripts check only what the function never sees.
 
 SETTINGS_HELP='Settings (flag, environment variable, default):
   --project ID                GOOGLE_CLOUD_PROJECT              required
@@ -74,6 +77,15 @@ load_settings() {
   BOOTSTRAP_DEAD_LETTER_TOPIC=${BOOTSTRAP_DEAD_LETTER_TOPIC:-bootstrap-dead-letter}
 }
 
+# The project's Python, for `python -m function settings --check` and `python -m function sync`.
+if [[ -z ${PYTHON:-} ]]; then
+  if [[ -x $ROOT/.venv/bin/python ]]; then
+    PYTHON=$ROOT/.venv/bin/python
+  else
+    PYTHON=python3
+  fi
+fi
+
 # set_common_flag FLAG VALUE: returns 1 if FLAG is not a common setting.
 set_common_flag() {
   case $1 in
@@ -98,29 +110,36 @@ check() {
   [[ $2 =~ $re ]] || usage_error "invalid $1 '$2': $4"
 }
 
-validate_common_settings() {
+# resolve_common_settings: a project is given, and the names that default to ones made from it
+# (or from the dataset) are filled in.
+resolve_common_settings() {
   [[ -n $GOOGLE_CLOUD_PROJECT ]] ||
     usage_error "no project: pass --project PROJECT_ID or set GOOGLE_CLOUD_PROJECT"
-  check "project (--project, GOOGLE_CLOUD_PROJECT)" "$GOOGLE_CLOUD_PROJECT" \
-    '^[a-z][a-z0-9-]{4,28}[a-z0-9]$' 'a project ID: 6-30 lower-case letters, digits, hyphens'
   : "${BOOTSTRAP_BACKUP_DATASET:=${BOOTSTRAP_DATASET}_backups}"
   : "${BOOTSTRAP_SCHEMA_BUCKET:=${GOOGLE_CLOUD_PROJECT}-tenant-schemas}"
   : "${BOOTSTRAP_STATE_BUCKET:=${GOOGLE_CLOUD_PROJECT}-bootstrap-state}"
+}
+
+# check_function_settings NAME=VALUE...: the function's own rules judge the settings it is given,
+# before any command. `python -m function settings --check` sees exactly these variables, none
+# of the shell's (PATH and HOME only find the interpreter), and lists every problem, each with
+# its variable, its value and what is allowed.
+check_function_settings() {
+  require_tool "$PYTHON" "set PYTHON to an interpreter with requirements.txt installed (make venv)"
+  (cd "$ROOT" && env -i PATH="$PATH" HOME="${HOME:-}" "$@" \
+    "$PYTHON" -m function settings --check >/dev/null) ||
+    usage_error "the function would refuse the settings above ($PYTHON -m function settings" \
+      "--check); if that check could not run at all, set PYTHON to the project's environment" \
+      "(make venv)"
+}
+
+# validate_common_settings: the shared settings the function never sees, and the names derived
+# from the settings.
+validate_common_settings() {
   check "region (--region, BOOTSTRAP_REGION)" "$BOOTSTRAP_REGION" \
     '^[a-z]+-[a-z]+[0-9]+$' 'a Cloud Functions region such as us-central1'
   check "function name (--function, BOOTSTRAP_FUNCTION)" "$BOOTSTRAP_FUNCTION" \
     '^[a-z][a-z0-9-]{0,47}[a-z0-9]$' 'lower-case letters, digits and hyphens, at most 49'
-  check "dataset (--dataset, BOOTSTRAP_DATASET)" "$BOOTSTRAP_DATASET" \
-    '^[A-Za-z0-9_]{1,1024}$' 'letters, digits and underscores'
-  check "backup dataset (--backup-dataset, BOOTSTRAP_BACKUP_DATASET)" \
-    "$BOOTSTRAP_BACKUP_DATASET" '^[A-Za-z0-9_]{1,1024}$' 'letters, digits and underscores'
-  # Compared without case, to be safe with case-insensitive datasets.
-  [[ $(tr '[:upper:]' '[:lower:]' <<<"$BOOTSTRAP_BACKUP_DATASET") != \
-    $(tr '[:upper:]' '[:lower:]' <<<"$BOOTSTRAP_DATASET") ]] ||
-    usage_error "the backup dataset must differ from the dataset (both are $BOOTSTRAP_DATASET):" \
-      "a forced recreation of the dataset would delete its own backups"
-  check "location (--location, BOOTSTRAP_LOCATION)" "$BOOTSTRAP_LOCATION" \
-    '^[A-Za-z0-9-]+$' 'a BigQuery location such as US, EU or us-central1'
   local bucket='^[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]$' topic='^[A-Za-z][A-Za-z0-9._~+%-]{2,254}$'
   check "schema bucket (--schema-bucket, BOOTSTRAP_SCHEMA_BUCKET)" "$BOOTSTRAP_SCHEMA_BUCKET" \
     "$bucket" 'a bucket name: 3-63 lower-case letters, digits, hyphens, underscores'
@@ -130,8 +149,6 @@ validate_common_settings() {
     usage_error "the schema bucket and the state bucket must differ (both are $BOOTSTRAP_STATE_BUCKET)"
   check "requests topic (--requests-topic, BOOTSTRAP_REQUESTS_TOPIC)" \
     "$BOOTSTRAP_REQUESTS_TOPIC" "$topic" 'a Pub/Sub topic ID'
-  check "completion topic (--completion-topic, COMPLETION_TOPIC)" "$COMPLETION_TOPIC" \
-    "$topic" 'a Pub/Sub topic ID'
   check "dead-letter topic (--dead-letter-topic, BOOTSTRAP_DEAD_LETTER_TOPIC)" \
     "$BOOTSTRAP_DEAD_LETTER_TOPIC" "$topic" 'a Pub/Sub topic ID'
 

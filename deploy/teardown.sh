@@ -31,6 +31,11 @@ $SETTINGS_HELP
 Switches:
   --dry-run             print every command, run none (needs no credentials)
   -h, --help            this text
+
+Environment only:
+  PYTHON                interpreter for 'python -m function settings --check', which checks the
+                        settings the function reads, with requirements.txt installed (default:
+                        .venv/bin/python if it exists, else python3)
 EOF
 }
 
@@ -60,6 +65,10 @@ while (($#)); do
   shift
 done
 
+resolve_common_settings
+check_function_settings "GOOGLE_CLOUD_PROJECT=$GOOGLE_CLOUD_PROJECT" \
+  "BOOTSTRAP_DATASET=$BOOTSTRAP_DATASET" "BOOTSTRAP_BACKUP_DATASET=$BOOTSTRAP_BACKUP_DATASET" \
+  "BOOTSTRAP_LOCATION=$BOOTSTRAP_LOCATION" "COMPLETION_TOPIC=$COMPLETION_TOPIC"
 validate_common_settings
 if ((!DRY_RUN)); then
   require_tool gcloud "install the Google Cloud CLI: https://cloud.google.com/sdk/docs/install"

@@ -6,6 +6,7 @@ publish  send a bootstrap request to the function; with --wait, exit 0 completed
 sync     validate a schema folder and upload the changed files to the schema bucket
 upload   validate one file (with the bucket's others) and upload it
 backups  list the backups taken before forced recreations; restore copies one back
+settings every setting, its value and where it came from; --check exits 1 listing every problem
 Bad input or configuration exits 1 with the reason; nothing is sent to BigQuery then.
 """
 
@@ -21,7 +22,7 @@ from typing import Any
 
 from . import gate, runner
 from .backups import Backups
-from .config import BUNDLED_SCHEMAS, Settings
+from .config import BUNDLED_SCHEMAS, SETTINGS, Settings, emulators, read_settings
 from .engine import EnsureResult, TableResult
 from .errors import DeploymentError, PermanentError, TransientError
 from .events import Trigger
@@ -63,12 +64,38 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _settings(args: argparse.Namespace) -> Settings:
     return Settings.from_env(
-        project=args.project,
-        dataset=args.dataset,
-        location=args.location,
-        schema_source=args.schema_source,
+        **_setting_overrides(args),
         allow_destructive=True if getattr(args, "allow_destructive", False) else None,
     )
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """The common flags: one for each row of the settings table that has one."""
+    for row in SETTINGS:
+        if row.flag:
+            default = " or ".join(row.variables if row.required else (*row.variables, row.documented_default))
+            help_text = f"{row.meaning} (default: {default})".replace("%", "%%")  # argparse formats help
+            parser.add_argument(row.flag, dest=row.name, help=help_text)
+
+
+def _setting_overrides(args: argparse.Namespace) -> dict[str, str | None]:
+    """The common flags' values, None where not given (the environment's value stands)."""
+    return {row.name: getattr(args, row.name) for row in SETTINGS if row.flag}
+
+
+def _show_settings(args: argparse.Namespace) -> int:
+    """Every setting, where it came from and its value; reads the environment, sends nothing."""
+    readings = read_settings(os.environ, _setting_overrides(args))
+    lines = [(r.setting.variable, r.source, r.shown) for r in readings]
+    lines += [(variable, "env", value) for variable, value in emulators(os.environ)]
+    width = max(len(variable) for variable, _, _ in lines)
+    source_width = max(len(source) for _, source, _ in lines)
+    for variable, source, shown in lines:
+        print(f"{variable:<{width}}  {source:<{source_width}}  {shown}")
+    problems = [r.problem for r in readings if r.problem]
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return 1 if args.check and problems else 0
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -327,10 +354,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     def common(p: argparse.ArgumentParser, tables: bool = True) -> None:
-        p.add_argument("--project", help="project (default: GOOGLE_CLOUD_PROJECT)")
-        p.add_argument("--dataset", help="dataset (default: BOOTSTRAP_DATASET or tenants)")
-        p.add_argument("--location", help="dataset location (default: BOOTSTRAP_LOCATION or US)")
-        p.add_argument("--schema-source", help="folder or gs://BUCKET/PREFIX/ (default: SCHEMA_SOURCE)")
+        _add_setting_flags(p)
         if tables:
             p.add_argument("--tables", nargs="+", metavar="TABLE", help="only these tables")
 
@@ -424,4 +448,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     restore.add_argument("--request-id", help="idempotency key of an overwriting restore (default: a new id)")
     restore.set_defaults(handler=_restore)
+
+    settings = sub.add_parser("settings", help="show every setting, its value and where it came from")
+    common(settings, tables=False)
+    settings.add_argument(
+        "--check", action="store_true", help="exit 1 if any setting is refused (each problem is listed)"
+    )
+    settings.set_defaults(handler=_show_settings)
     return parser

@@ -1,6 +1,7 @@
 """The deploy script tests' harness: a copy of what deploy.sh reads, and a recording fake
-`gcloud`, `bq` and Python on PATH (tests/deploy/fake_gcloud.py). A module of its own (not
-conftest.py) so that the tests import it by a name no other suite uses."""
+`gcloud`, `bq` and Python on PATH (tests/deploy/fake_gcloud.py). The copy holds the real
+`function` package: the scripts' settings check is the function's own, and runs for real. A
+module of its own (not conftest.py) so that the tests import it by a name no other suite uses."""
 
 from __future__ import annotations
 
@@ -111,8 +112,9 @@ class Harness:
         shutil.copy2(REPO / ".gcloudignore", self.root / ".gcloudignore")
         (self.root / "main.py").write_text("from function.handler import bootstrap  # noqa\n")
         (self.root / "requirements.txt").write_text("functions-framework==3.10.2\n")
-        (self.root / "function").mkdir()
-        (self.root / "function" / "__init__.py").write_text("")
+        shutil.copytree(
+            REPO / "function", self.root / "function", ignore=shutil.ignore_patterns("__pycache__")
+        )
         (self.root / "schemas").mkdir()
         self.write_schema("accounts", "id")
         (self.root / "tests").mkdir()

@@ -6,7 +6,8 @@ Resources live in the JSON file $FAKE_STATE: a describe of something missing fai
 does (exit 1, NOT_FOUND), a create of something present fails with ALREADY_EXISTS, and changes are
 written back, so a second run sees what the first one made. $FAKE_FAIL, when it is a substring of
 the joined command line, makes that call fail with PERMISSION_DENIED. $FAKE_SYNC_EXIT is the exit
-status of the fake Python (the schema sync).
+status of the fake Python (the schema sync). `python -m function settings` is no call to the cloud:
+it runs for real, with the interpreter running the tests, and is not recorded.
 
 `bq` works on datasets (show, mk, update --source, rm) as BigQuery's CLI does: errors are printed on
 stdout, not found and already exists exit 2, a new dataset gets BigQuery's default access entries
@@ -438,6 +439,8 @@ def list_files(directory: str) -> str:
 
 def main() -> int:
     prog, argv = sys.argv[1], sys.argv[2:]
+    if prog == "python" and argv[:3] == ["-m", "function", "settings"]:
+        os.execv(sys.executable, [sys.executable, *argv])
     log = os.environ.get("FAKE_LOG")
     if log:
         with open(log, "a") as fh:

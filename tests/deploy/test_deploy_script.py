@@ -454,10 +454,12 @@ def test_dry_run_prints_every_command_and_runs_none(harness: Harness) -> None:
         assert needle in text, needle
 
 
-def test_dry_run_needs_no_python_environment(harness: Harness) -> None:
-    run = ok(harness.deploy("--dry-run", PYTHON="/nonexistent/python"))
-    assert run.calls == []
-    assert "/nonexistent/python -m function sync" in run.stdout
+def test_dry_run_needs_the_project_python_to_check_the_settings(harness: Harness) -> None:
+    run = harness.deploy("--dry-run", PYTHON="/nonexistent/python")
+    assert run.rc == 1
+    assert "/nonexistent/python not found" in run.stderr and "make venv" in run.stderr
+    assert run.calls == [] and run.stdout == ""
+    assert f"{harness.bin / 'python'} -m function sync" in ok(harness.deploy("--dry-run")).stdout
 
 
 def test_help(harness: Harness) -> None:

@@ -180,6 +180,11 @@ def test_allow_destructive_false(value: str) -> None:
             id="backup dataset is the configured dataset",
         ),
         pytest.param(
+            {**PROJECT, "BOOTSTRAP_DATASET": "ledger", "BOOTSTRAP_BACKUP_DATASET": "Ledger"},
+            "BOOTSTRAP_BACKUP_DATASET='Ledger' is the dataset itself",
+            id="backup dataset is the dataset in other case",
+        ),
+        pytest.param(
             {**PROJECT, "BOOTSTRAP_TIMEOUT": "9s"},
             "BOOTSTRAP_TIMEOUT='9s': must be between 10 and 3600",
             id="timeout too short",
@@ -193,6 +198,11 @@ def test_allow_destructive_false(value: str) -> None:
             {**PROJECT, "BOOTSTRAP_LOCATION": "  "},
             "BOOTSTRAP_LOCATION is empty: name a BigQuery location such as US or EU",
             id="location empty",
+        ),
+        pytest.param(
+            {**PROJECT, "BOOTSTRAP_LOCATION": "europe west2"},
+            "BOOTSTRAP_LOCATION='europe west2': use a BigQuery location such as US, EU or us-central1",
+            id="location with a space",
         ),
     ],
 )
