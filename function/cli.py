@@ -164,7 +164,7 @@ def _publish(args: argparse.Namespace) -> int:
     }
     request = {k: v for k, v in fields.items() if v is not None}
     request_from_fields(request, "")  # refuse a malformed request here, not in the function
-    topic = args.topic or os.environ.get("BOOTSTRAP_REQUESTS_TOPIC", "bootstrap-requests")
+    topic = args.topic or settings.requests_topic
     watch = (
         CompletionWatch(settings.project, settings.completion_topic, args.subscription) if args.wait else None
     )

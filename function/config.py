@@ -130,6 +130,14 @@ SETTINGS: tuple[Setting, ...] = (
         keep_blank=True,
     ),
     Setting(
+        "requests_topic",
+        "BOOTSTRAP_REQUESTS_TOPIC",
+        "bootstrap-requests",
+        Pattern(TOPIC_NAME, "3-255 letters, digits or - . _ ~ + %, a letter first", "topic name"),
+        "topic `publish` sends bootstrap requests to (the CLI's)",
+        keep_blank=True,
+    ),
+    Setting(
         "allow_destructive",
         "ALLOW_DESTRUCTIVE",
         False,
@@ -276,6 +284,7 @@ class Settings:
     location: str = _DEFAULTS["location"]
     schema_source: str = _DEFAULTS["schema_source"]
     completion_topic: str = _DEFAULTS["completion_topic"]
+    requests_topic: str = _DEFAULTS["requests_topic"]
     allow_destructive: bool = _DEFAULTS["allow_destructive"]
     concurrency: int = _DEFAULTS["concurrency"]
     retry_deadline: float = _DEFAULTS["retry_deadline"]

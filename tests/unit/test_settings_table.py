@@ -19,6 +19,7 @@ SAMPLES: dict[str, tuple[str, object]] = {
     "BOOTSTRAP_LOCATION": ("europe-west2", "europe-west2"),
     "SCHEMA_SOURCE": ("gs://bucket/schemas/", "gs://bucket/schemas/"),
     "COMPLETION_TOPIC": ("done-events", "done-events"),
+    "BOOTSTRAP_REQUESTS_TOPIC": ("asks", "asks"),
     "ALLOW_DESTRUCTIVE": ("on", True),
     "BOOTSTRAP_STATE_BUCKET": ("ledger", "ledger"),
     "BOOTSTRAP_BACKUP_DATASET": ("registry_bak", "registry_bak"),
@@ -154,4 +155,9 @@ def test_blank_is_the_default_except_for_names() -> None:
     blank = {row.variable: " " for row in SETTINGS if not row.required}
     refused = {r.setting.variable for r in read_settings({**PROJECT, **blank}, {}) if r.problem}
     assert refused == {row.variable for row in SETTINGS if row.keep_blank}
-    assert refused == {"BOOTSTRAP_DATASET", "BOOTSTRAP_LOCATION", "COMPLETION_TOPIC"}
+    assert refused == {
+        "BOOTSTRAP_DATASET",
+        "BOOTSTRAP_LOCATION",
+        "COMPLETION_TOPIC",
+        "BOOTSTRAP_REQUESTS_TOPIC",
+    }
