@@ -453,7 +453,9 @@ else
   if [[ $SCHEMA_DIGEST_LABEL == "$SCHEMA_DIGEST" ]]; then
     log "schema bucket already holds schemas/ (digest $SCHEMA_DIGEST): not synced again"
   else
-    SYNC=("$PYTHON" -m function sync --source schemas --to "$SCHEMA_SOURCE")
+    # Seeding happens before the upload trigger exists: nothing to plan, and the deploying
+    # account need not read BigQuery.
+    SYNC=("$PYTHON" -m function sync --from schemas --to "$SCHEMA_SOURCE" --skip-plan)
     if ((DRY_RUN)); then
       quote_cmd "${SYNC[@]}"
     else

@@ -15,6 +15,7 @@ import hashlib
 import threading
 import time
 from dataclasses import dataclass, field
+from difflib import get_close_matches
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .config import Settings
@@ -133,7 +134,25 @@ class Authorization:
         return (labels or {}).get(RECREATED_LABEL) == self.mark[RECREATED_LABEL]
 
 
-def check_consents(request: BootstrapRequest, settings: Settings) -> None:
+@dataclass(frozen=True)
+class Wording:
+    """How a refusal names the consents: a request's fields, or the CLI's flags."""
+
+    confirm: str
+    allow: str
+
+
+REQUEST_WORDS = Wording(
+    confirm='set "confirm": "{dataset}" (the dataset id) to confirm a forced recreation',
+    allow="this deployment does not allow destructive requests (ALLOW_DESTRUCTIVE is not true)",
+)
+CLI_WORDS = Wording(
+    confirm="pass --confirm {dataset} (the dataset id) to confirm it",
+    allow="pass --allow-destructive to give this run the deployment's consent (or set ALLOW_DESTRUCTIVE=true)",
+)
+
+
+def check_consents(request: BootstrapRequest, settings: Settings, words: Wording = REQUEST_WORDS) -> None:
     """A forced recreation needs three consents: the request's flag, the deployment's
     ALLOW_DESTRUCTIVE, and `confirm` equal to the dataset id. A dry run only plans, so it does
     not need the deployment's consent."""
@@ -141,11 +160,9 @@ def check_consents(request: BootstrapRequest, settings: Settings) -> None:
         return
     problems = []
     if request.confirm != settings.dataset:
-        problems.append(
-            f'set "confirm": "{settings.dataset}" (the dataset id) to confirm a forced recreation'
-        )
+        problems.append(words.confirm.format(dataset=settings.dataset))
     if not settings.allow_destructive and not request.dry_run:
-        problems.append("this deployment does not allow destructive requests (ALLOW_DESTRUCTIVE is not true)")
+        problems.append(words.allow)
     if problems:
         raise RefusedError("refused to recreate anything: " + "; ".join(problems) + ". Nothing was changed.")
 
@@ -155,8 +172,12 @@ def select_tables(declared: DeclaredState, wanted: tuple[str, ...] | None) -> li
         return sorted(declared.tables)
     unknown = [t for t in wanted if t not in declared.tables]
     if unknown:
+        guesses = [
+            f"{t} (did you mean {close[0]}?)" if (close := get_close_matches(t, declared.tables, 1)) else t
+            for t in unknown
+        ]
         raise RequestError(
-            f"unknown table(s) {', '.join(unknown)}; the schema source declares: {', '.join(sorted(declared.tables))}"
+            f"unknown table(s) {', '.join(guesses)}; the schema source declares: {', '.join(sorted(declared.tables))}"
         )
     return list(wanted)
 

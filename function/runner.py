@@ -48,7 +48,8 @@ def bucket(settings: Settings, name: str) -> Bucket:
 
 def load_declared(settings: Settings) -> DeclaredState:
     """Read SCHEMA_SOURCE and validate the declared state."""
-    return load_declared_state(read_source(settings.schema_source, lambda name: bucket(settings, name)))
+    files = read_source(settings.schema_source, lambda name: bucket(settings, name))
+    return load_declared_state(files, source=settings.schema_source)
 
 
 def ledger(settings: Settings) -> Ledger:

@@ -126,7 +126,9 @@ def max_bytes(name: str) -> int:
     return MAX_MANIFEST_BYTES if name == MANIFEST_NAME else MAX_SCHEMA_FILE_BYTES
 
 
-def load_declared_state(files: Mapping[str, bytes], *, complete: bool = True) -> DeclaredState:
+def load_declared_state(
+    files: Mapping[str, bytes], *, complete: bool = True, source: str = "(schema source)"
+) -> DeclaredState:
     """Validate and normalise the schema files (`<table>.json`) and the manifest.
 
     `files` maps a file's base name to its content. Other names are not looked at.
@@ -171,7 +173,8 @@ def load_declared_state(files: Mapping[str, bytes], *, complete: bool = True) ->
         if spec is not None:
             specs[table] = spec
     if complete and not tables and not errors:
-        errors.append(SchemaError("(schema source)", "", "holds no <table>.json schema file"))
+        fix = "upload them with `python -m function sync`" if source.startswith("gs://") else "add one"
+        errors.append(SchemaError(source, "", f"holds no <table>.json schema file; {fix}"))
     if errors:
         raise SchemaValidationError(errors)
     return DeclaredState(

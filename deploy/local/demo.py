@@ -21,12 +21,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from google.cloud import bigquery
-
 from deploy.local.stack import Stack, StackConfig
-from function.cli import render_event
-from function.config import BUNDLED_SCHEMAS
+from function.commands import current_state
+from function.config import BUNDLED_SCHEMAS, Settings
 from function.publish import CompletionWatch, publish_request
+from function.render import render_event, render_tables
 from function.sync import sync_folder
 
 CHANGED_TABLE = "tenant_profiles"
@@ -56,7 +55,7 @@ def main() -> int:
             step("Publishing a bootstrap request ({}) to the requests topic")
             show(bootstrap(config.project, config.requests_topic, watch, "demo-first"))
             step("The tables as BigQuery now holds them")
-            show_tables(stack.bigquery_client(), "tenants")
+            show_tables()
             step("Publishing the same request again: the declared state already holds")
             show(bootstrap(config.project, config.requests_topic, watch, "demo-second"))
 
@@ -73,7 +72,7 @@ def main() -> int:
             request_id = f"{config.schema_bucket}/{blob.name}#{blob.generation}"
             print(f"  the upload notification runs the function on its own; waiting for {request_id}")
             show(wait(watch, request_id))
-            show_tables(stack.bigquery_client(), "tenants", only=CHANGED_TABLE)
+            show_tables(CHANGED_TABLE)
         finally:
             watch.close()
         step("Stopping the stack")
@@ -103,27 +102,11 @@ def show(data: dict[str, Any]) -> None:
     print("  " + render_event(data).replace("\n", "\n  "))
 
 
-def show_tables(client: bigquery.Client, dataset: str, only: str | None = None) -> None:
-    for item in sorted(client.list_tables(dataset), key=lambda t: t.table_id):
-        if only and item.table_id != only:
-            continue
-        table = client.get_table(item)
-        parts = []
-        if table.time_partitioning:
-            parts.append(f"partitioned by {table.time_partitioning.type_} on {table.time_partitioning.field}")
-        if table.clustering_fields:
-            parts.append(f"clustered by {', '.join(table.clustering_fields)}")
-        print(f"  {table.table_id}" + (f"  ({'; '.join(parts)})" if parts else ""))
-        for line in _columns(table.schema, "      "):
-            print(line)
-
-
-def _columns(fields: Any, indent: str) -> list[str]:
-    lines = []
-    for f in fields:
-        lines.append(f"{indent + f.name:<34} {f.field_type:<10} {f.mode}")  # nested names indent, types align
-        lines += _columns(f.fields, indent + "  ")
-    return lines
+def show_tables(*only: str) -> None:
+    """The tables as BigQuery holds them, as `python -m function show` prints them."""
+    state = current_state(Settings.from_env(), list(only) or None)
+    assert state is not None, "the dataset was just created"
+    print("  " + render_tables(*state).replace("\n", "\n  "))
 
 
 def step(text: str) -> None:

@@ -217,10 +217,11 @@ def test_seeds_the_schema_bucket_through_the_project_sync(first: Run, first_harn
         "-m",
         "function",
         "sync",
-        "--source",
+        "--from",
         "schemas",
         "--to",
         f"gs://{SCHEMA_BUCKET}/schemas/",
+        "--skip-plan",
     ]
     assert sync.cwd == str(first_harness.root)
     # before the function that reads the bucket is deployed
@@ -449,7 +450,7 @@ def test_dry_run_prints_every_command_and_runs_none(harness: Harness) -> None:
         "gcloud eventarc triggers create tenants-bootstrap-schema-uploads",
         "--event-filters=type=google.cloud.storage.object.v1.finalized",
         "--dead-letter-topic=bootstrap-dead-letter --max-delivery-attempts=10",
-        "-m function sync --source schemas --to gs://acme-tenants-prod-tenant-schemas/schemas/",
+        "-m function sync --from schemas --to gs://acme-tenants-prod-tenant-schemas/schemas/ --skip-plan",
     ):
         assert needle in text, needle
 

@@ -298,6 +298,60 @@ def test_upload_command_validates_against_the_buckets_other_files(stack, gcs, se
     assert gcs.bucket(BUCKET).get_blob(PREFIX + "tenant_usage_quotas.json").generation == before
 
 
+def test_sync_says_what_the_upload_will_do_and_refuses_a_blocked_change(stack, inbox, gcs, seeded, tmp_path):
+    folder = tmp_path / "schemas"  # what the bucket holds now (earlier tests changed it), edited
+    folder.mkdir()
+    for item in gcs.list_blobs(BUCKET, prefix=PREFIX, delimiter="/"):
+        (folder / item.name.removeprefix(PREFIX)).write_bytes(item.download_as_bytes())
+    blob = gcs.bucket(BUCKET).blob
+    (folder / "tenant_pipeline_configs.json").write_text(
+        json.dumps([c for c in schema("tenant_pipeline_configs") if c["name"] != "description"])
+    )
+    before = blob(PREFIX + "tenant_pipeline_configs.json")
+    before.reload()
+
+    refused = run_cli(stack, "sync", "--from", str(folder))
+
+    assert refused.returncode == 1, refused.stderr
+    assert "uploading tenant_pipeline_configs.json to gs://" in refused.stdout
+    assert "tenant_pipeline_configs  blocked" in refused.stdout
+    assert "column description is not declared" in refused.stdout
+    assert "not uploaded: tenant_pipeline_configs would be left as they are" in refused.stderr
+    assert "--allow-blocked" in refused.stderr
+    after = blob(PREFIX + "tenant_pipeline_configs.json")
+    after.reload()
+    assert after.generation == before.generation  # nothing uploaded
+
+    columns = [*schema("tenant_pipeline_configs"), _column("synced_note")]
+    (folder / "tenant_pipeline_configs.json").write_text(json.dumps(columns))
+    in_place = run_cli(stack, "sync", "--from", str(folder))
+
+    assert in_place.returncode == 0, in_place.stderr
+    assert "tenant_pipeline_configs  update in place" in in_place.stdout
+    assert "add column synced_note NULLABLE STRING" in in_place.stdout
+    assert "uploaded to gs://" in in_place.stdout and "tenant_pipeline_configs.json" in in_place.stdout
+    event = inbox.wait(request_id(gcs, "tenant_pipeline_configs.json"))
+    assert [t["action"] for t in event.data["tables"]] == ["updated"]  # (a column cannot be taken back)
+
+
+def test_plan_names_what_it_compares_and_show_prints_what_bigquery_holds(stack, seeded):
+    planned = run_cli(stack, "plan", "--tables", "tenant_usage_quotas")
+    shown = run_cli(stack, "show", "tenant_usage_quotas")
+
+    assert planned.returncode in (0, 2), planned.stderr
+    assert planned.stdout.startswith(f"comparing gs://{BUCKET}/{PREFIX} with BigQuery {PROJECT}.tenants")
+    assert shown.returncode == 0, shown.stderr
+    assert "dataset tenants in US" in shown.stdout
+    assert (
+        "tenant_usage_quotas  (partitioned by DAY on usage_date; clustered by tenant_id, usage_date)"
+        in shown.stdout
+    )
+    assert "tenant_id" in shown.stdout and "REQUIRED" in shown.stdout
+    mistyped = run_cli(stack, "plan", "--tables", "tenant_usage_quota")
+    assert mistyped.returncode == 1
+    assert "unknown table(s) tenant_usage_quota (did you mean tenant_usage_quotas?)" in mistyped.stderr
+
+
 # --- helpers ---------------------------------------------------------------------------------
 
 

@@ -402,3 +402,8 @@ def test_select_unknown_table_names_the_declared_ones() -> None:
     assert str(info.value) == (
         "unknown table(s) tenant_profile, zzz; the schema source declares: a_table, b_table, c_table"
     )
+
+
+def test_a_mistyped_table_gets_a_suggestion() -> None:
+    with pytest.raises(RequestError, match=r"unknown table\(s\) b_tabel \(did you mean b_table\?\)"):
+        select_tables(DECLARED, ("b_tabel",))

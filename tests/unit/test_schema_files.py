@@ -448,7 +448,7 @@ CORPUS = [
         "(schema source)",
         "",
         "holds no <table>.json schema file",
-        "<table>.json",
+        "add one",
     ),
     # --- the manifest ----------------------------------------------------------------------------
     bad(

@@ -1,11 +1,11 @@
-"""cli.render: the listing an operator reads after `plan` or `apply`."""
+"""render: the listing an operator reads after `plan` or `apply`."""
 
 from __future__ import annotations
 
 import pytest
 
-from function.cli import exit_code, render
 from function.engine import EnsureResult, TableResult
+from function.render import exit_code, render
 
 
 def _result(dry_run: bool) -> EnsureResult:
@@ -46,7 +46,8 @@ def test_plan_listing() -> None:
             "    = quotas           unchanged",
             "    ! runs             blocked",
             "        column calls changes type INTEGER -> STRING: needs the table recreated",
-            "        error: needs recreation, left untouched: column calls changes type",
+            "        left untouched: revert the change, or recreate the table (apply --force-recreate-tables, see "
+            "`python -m function apply --help`)",
             "  -/+ queue            recreate",
             "        drop and recreate: create table with 2 columns",
             "",
@@ -62,7 +63,7 @@ def test_apply_listing_uses_past_tense_words() -> None:
     assert "    + tenant_profiles  created" in lines
     assert "    ~ tenant_api_keys  updated" in lines
     assert "  -/+ queue            recreated" in lines
-    assert "        error: needs recreation, left untouched: column calls changes type" in lines
+    assert sum("column calls changes type" in line for line in lines) == 1  # the reason, once
     assert lines[-1] == "Result: 1 blocked, 1 created, 1 recreated, 1 unchanged, 1 updated."
     assert "update in place" not in text
 
