@@ -21,9 +21,10 @@ from .config import Settings
 from .engine import EnsureResult
 from .errors import DeploymentError, PermanentError, TransientError
 from .events import Bootstrap, EventError, Ignored, Trigger, Upload, parse_event
+from .manifest import MANIFEST_NAME
 from .model import BIGQUERY_NAME, DeclaredState
 from .request import BootstrapRequest
-from .schema_files import MANIFEST_NAME, load_declared_state
+from .schema_files import load_declared_state
 from .sources import Superseded, parse_gcs_uri, read_upload
 
 if TYPE_CHECKING:

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import PermanentError
+from .manifest import MANIFEST_NAME
 from .model import DeclaredState
-from .schema_files import MANIFEST_NAME, is_schema_file, load_declared_state, max_bytes
+from .schema_files import is_schema_file, load_declared_state, max_bytes
 from .sources import parse_gcs_uri, read_folder, read_prefix
 from .storage_adapter import Bucket, StoredObject
 
