@@ -133,6 +133,7 @@ SHIPPED = [
 KEPT_OUT = [
     ".gcloudignore-is-copied-separately",
     "requirements-dev.txt",
+    "requirements-emulator.txt",
     "Makefile",
     "README.md",
     "pyproject.toml",
@@ -142,6 +143,7 @@ KEPT_OUT = [
     ".ci/run",
     ".venv/bin/python",
     ".venv/lib/site.py",
+    ".venv-emulator/bin/local-bigquery",
     "venv/lib/x.py",
     ".stack/ledger.json",
     ".bench/results.json",

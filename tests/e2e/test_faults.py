@@ -43,8 +43,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("stack")
     config = StackConfig(
         workdir=workdir,
-        # Persistent, so that a killed and restarted emulator still holds the tables and rows.
-        extra_args={"bigquery": ["--persistent", "--data-dir", str(workdir / "bigquery-data")]},
+        # A killed and restarted emulator still holds the tables and rows.
+        bigquery_keeps_data=True,
         function_env={
             "SCHEMA_SOURCE": f"gs://{BUCKET}/{PREFIX}",
             "BOOTSTRAP_RETRY_DEADLINE": "2",

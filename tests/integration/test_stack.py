@@ -12,9 +12,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -175,10 +177,12 @@ def test_every_piece_answers(stack: Stack) -> None:
 
     bigquery = stack.bigquery_client()
     try:
+        assert list(bigquery.list_datasets(timeout=10)) == []  # empty, like a new project
         dataset = bigquery.create_dataset(f"{cfg.project}.stack_probe", timeout=10)
         assert dataset.dataset_id == "stack_probe"
     finally:
         bigquery.close()
+    assert (cfg.workdir / "bigquery-data").is_dir()  # the emulator's data: inside the workdir
 
     assert http_status(ports["function"]) == 405  # a CloudEvent function wants a POST
 
@@ -263,22 +267,99 @@ def test_uploads_while_the_trigger_is_detached_do_not_reach_the_function(stack: 
     assert f"{cfg.notification_topic}-detached" not in names
 
 
+def bigquery_datasets(stack: Stack) -> list[str]:
+    client = stack.bigquery_client()
+    try:
+        return sorted(d.dataset_id for d in client.list_datasets(timeout=10))
+    finally:
+        client.close()
+
+
 def test_kill_and_restart_bigquery_on_the_same_port(stack: Stack) -> None:
     port = stack.ports["bigquery"]
+    datasets_path = f"/bigquery/v2/projects/{stack.config.project}/datasets"
+    client = stack.bigquery_client()
+    try:
+        client.create_dataset("before_restart", timeout=10)
+    finally:
+        client.close()
     pids_before = set(stack.pids)
     stack.kill("bigquery")
-    assert http_status(port, "/readyz") is None
+    assert http_status(port, datasets_path) is None
     assert len(stack.pids) == len(pids_before) - 1
 
     stack.restart("bigquery")
     assert stack.ports["bigquery"] == port
     assert stack.env["BIGQUERY_EMULATOR_HOST"] == f"http://{HOST}:{port}"
-    assert http_status(port, "/readyz") == 200
+    assert http_status(port, datasets_path) == 200
+    assert bigquery_datasets(stack) == []  # restarted empty (bigquery_keeps_data is False)
+
+
+def test_concurrent_creates_of_one_dataset_or_table_answer_one_200_and_409s(stack: Stack) -> None:
+    """As BigQuery answers them (deploy/local/bigquery_emulator.py corrects local-bigquery's 400
+    "Failed to commit DuckLake transaction" for a lost race): the losers learn that it exists."""
+    from google.api_core.exceptions import Conflict
+    from google.cloud import bigquery
+
     client = stack.bigquery_client()
+    project = stack.config.project
+
+    def all_at_once(create: Callable[[], Any]) -> list[str]:
+        barrier = threading.Barrier(8)
+
+        def one() -> str:
+            barrier.wait()
+            try:
+                create()
+            except Conflict:
+                return "409"
+            return "200"
+
+        with ThreadPoolExecutor(8) as pool:
+            return sorted(pool.map(lambda _: one(), range(8)))
+
     try:
-        list(client.list_datasets(timeout=10))
+        for round_ in range(3):
+            dataset = f"race_{round_}_{uuid.uuid4().hex[:6]}"
+            answers = all_at_once(lambda d=dataset: client.create_dataset(d, retry=None, timeout=30))
+            assert answers == ["200"] + ["409"] * 7
+            table = bigquery.Table(f"{project}.{dataset}.t", schema=[bigquery.SchemaField("a", "STRING")])
+            answers = all_at_once(lambda t=table: client.create_table(t, retry=None, timeout=30))
+            assert answers == ["200"] + ["409"] * 7
     finally:
         client.close()
+
+
+def test_bigquery_keeps_its_data_across_a_restart_when_asked_and_stop_removes_it(tmp_path: Path) -> None:
+    config = StackConfig(components=frozenset({"bigquery"}), workdir=tmp_path, bigquery_keeps_data=True)
+    data = tmp_path / "bigquery-data"
+    data.mkdir()
+    (data / "left-by-a-killed-stack").write_text("")
+    with Stack(config) as stack:
+        assert not (data / "left-by-a-killed-stack").exists()  # a new stack starts empty
+        client = stack.bigquery_client()
+        try:
+            client.create_dataset("kept", timeout=10)
+            client.create_table(f"{config.project}.kept.t", timeout=10)
+        finally:
+            client.close()
+        stack.restart("bigquery")
+        assert bigquery_datasets(stack) == ["kept"]
+    assert not data.exists()
+
+
+def test_bigquery_without_duckdbs_extensions_fails_start_and_says_how_to_fix_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, process_marker: str
+) -> None:
+    """DuckDB finds its extensions under $HOME and cannot download them offline."""
+    home = tmp_path / "empty-home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    stack = Stack(StackConfig(components=frozenset({"bigquery"}), workdir=tmp_path / "work"))
+    with pytest.raises(StackError, match=r"(?s)DuckDB's extensions are not in.*make venv.*icu"):
+        stack.start()
+    assert stack.pids == []
+    assert processes_with_env(process_marker) == []
 
 
 def test_restart_pubsub_provisions_it_again(stack: Stack, events: Path) -> None:
@@ -305,6 +386,7 @@ def test_stop_ends_every_process_and_frees_the_ports(stack: Stack) -> None:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((HOST, port))  # a new server could listen there
     assert not (stack.config.workdir / "env").exists()
+    assert not (stack.config.workdir / "bigquery-data").exists()
 
 
 # ---- failed starts leave nothing behind ---------------------------------------------------
