@@ -186,12 +186,17 @@ class _Run:
         if plan.action in (Action.CREATE, Action.RECREATE):
             self.fresh = True
         if not self.request.dry_run and not self._apply_dataset(plan, declared, obj):
-            # Another run created it first: compare with what it made, and read the tables.
+            # Another writer got there first (409 on the create, 412 on the patch): compare with
+            # what it left (and read the tables).
             self.fresh = False
-            actual, obj = self.bq.get_dataset()
-            plan = self._plan_dataset(declared, actual, recreate=False)
-            result.dataset_action, result.dataset_changes = PAST_TENSE[plan.action], plan.changes
-            self._apply_dataset(plan, declared, obj)
+            for _ in range(MAX_ATTEMPTS):
+                actual, obj = self.bq.get_dataset()
+                plan = self._plan_dataset(declared, actual, recreate=False)
+                result.dataset_action, result.dataset_changes = PAST_TENSE[plan.action], plan.changes
+                if self._apply_dataset(plan, declared, obj):
+                    break
+            else:
+                raise TransientError(f"dataset {settings.dataset} kept changing under concurrent writers")
         return result
 
     def _plan_dataset(
@@ -203,7 +208,7 @@ class _Run:
         return plan
 
     def _apply_dataset(self, plan: DatasetPlan, declared: DatasetSpec, obj: bigquery.Dataset | None) -> bool:
-        """Apply the dataset's plan; False when its create lost a race (409)."""
+        """Apply the dataset's plan; False when it lost a race (409 on the create, 412 on the patch)."""
         if plan.action is Action.RECREATE:
             for item in self.bq.call("list_tables", self.bq.dataset_ref):
                 self._backup(self.bq.call("get_table", item.reference))
@@ -213,7 +218,10 @@ class _Run:
         elif plan.action is Action.CREATE:
             return self.bq.create_dataset(declared)
         elif plan.action is Action.UPDATE:
-            self.bq.patch_dataset(obj, plan.patch)
+            try:
+                self.bq.patch_dataset(obj, plan.patch)
+            except gexc.PreconditionFailed:
+                return False
         return True
 
     def table(self, name: str) -> TableResult:
