@@ -1,25 +1,55 @@
-"""local-bigquery's own command line, with one answer corrected to BigQuery's.
+"""local-bigquery's own command line, with four answers corrected to BigQuery's.
 
 The local stack runs ``.venv-emulator/bin/python -P deploy/local/bigquery_emulator.py serve ...``
 (Python 3.13, local-bigquery's environment: this file imports nothing of the project). It takes
-the same arguments as ``local-bigquery`` and serves the same emulator, except for one answer:
+the same arguments as ``local-bigquery`` and serves the same emulator, except where local-bigquery
+0.3.2 answers writers that race each other differently from BigQuery. Both are how a writer
+learns that it lost a race, which the engine resolves by comparing again:
 
-Of several concurrent creates of one dataset or table, BigQuery answers one with 200 and the
-others with 409 "Already Exists", which is how a writer learns that it lost a race (the engine
-then compares with what the winner made). local-bigquery 0.3.2 answers some of the losers 400
-invalidQuery "Failed to commit DuckLake transaction" instead: DuckDB's commit of the second
-CREATE finds the first one's. Such an error (and only it: DuckDB's message names the create
-and the conflict) is answered as BigQuery answers it, 409 duplicate. Nothing else is changed;
-``tests/integration/test_stack.py`` checks this answer against the emulator.
+- **A lost create.** Of several concurrent creates of one dataset or table, BigQuery answers one
+  with 200 and the others with 409 "Already Exists". local-bigquery answers some of the losers
+  400 "Failed to commit DuckLake transaction" (DuckDB's commit of the second CREATE finds the
+  first one's). That error, recognised by DuckDB's own message naming the create and the other
+  transaction, is answered 409, as BigQuery answers it.
+- **A patch whose etag went stale meanwhile.** BigQuery applies a patch carrying an etag
+  (If-Match) only if the resource still has that etag, atomically: of concurrent patches read at
+  the same etag, one is applied and the others are answered 412. local-bigquery checks the etag,
+  then writes, with nothing held in between: concurrent patches all pass the check, then
+  overwrite each other (each answered 200) or fail with 400 "Failed to commit DuckLake
+  transaction". Here the patches (and updates) of one table, or of one dataset, take a lock
+  around the check and the write, so each one checks the etag the previous one left.
+
+- **A connection after an error answer.** local-bigquery answers a DuckDB error (such as
+  "already exists", 409) from Starlette's last-resort handler, which then re-raises, and uvicorn
+  closes the keep-alive connection right after the answer: the client's next request on it
+  fails with a reset connection. Here DuckDB errors are answered by the same function, as an
+  ordinary exception handler, and the connection stays open, as BigQuery's does.
+
+- **A table that a job creates.** BigQuery fixes a table's creation time, last-modified time,
+  etag and expiration (from the dataset's default) when a copy, query or load job creates it.
+  local-bigquery records nothing for such a table until it is patched, and computes those as of
+  each read: the table seems modified at every read, and never expires. Here its metadata is
+  recorded when the job creates it, as for a table created by tables.insert.
+
+Nothing else is changed. ``tests/integration/test_stack.py`` checks these answers against the
+emulator.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import re
 import sys
+import threading
+from collections.abc import Callable
+from typing import Any
 
+import duckdb
 from local_bigquery import errors
+from local_bigquery.catalog import datasets, metadata, tables
 from local_bigquery.cli import main
+from local_bigquery.models import Table
 
 # DuckDB 1.5.5 / DuckLake: 'attempting to create schema with name "d" - but another transaction
 # has created a schema with this name already', 'attempting to create table "t" in schema "d" -
@@ -42,7 +72,43 @@ def _from_duckdb_as_bigquery(
     return errors.already_exists("Table", f"{lost['schema']}.{lost['name']}")
 
 
+_locks: dict[tuple[str, ...], threading.Lock] = {}
+_locks_lock = threading.Lock()
+
+
+def _one_at_a_time(update: Callable[..., Any], keys: int) -> Callable[..., Any]:
+    """`update`, holding a lock per resource (its first `keys` arguments: the ids)."""
+
+    @functools.wraps(update)
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        key = (update.__module__, *(str(a).casefold() for a in args[:keys]))
+        with _locks_lock:
+            lock = _locks.setdefault(key, threading.Lock())
+        with lock:
+            return update(*args, **kwargs)
+
+    return locked
+
+
 errors.from_duckdb = _from_duckdb_as_bigquery  # what errors.from_exception calls for DuckDB errors
+# What the API's patch and update handlers call (as tables.update / datasets.update).
+tables.update = _one_at_a_time(tables.update, keys=3)  # project, dataset, table
+datasets.update = _one_at_a_time(datasets.update, keys=2)  # project, dataset
+
+_annotate = tables.annotate
+
+
+def _annotate_recording_new_tables(reference: tuple[str, str, str], changes: Table) -> None:
+    """What a job's write calls after writing `reference`: a table it created gets its metadata."""
+    if not changes.model_fields_set and metadata.load(Table, *reference) is None:
+        tables.record(*reference, tables.defaults(*reference))
+        return
+    _annotate(reference, changes)
+
+
+tables.annotate = _annotate_recording_new_tables  # called as annotate() inside tables.write()
+_application = importlib.import_module("local_bigquery.app")  # the module (the package exports `app`)
+_application.app.add_exception_handler(duckdb.Error, _application.handle_error)
 
 if __name__ == "__main__":
     sys.argv[0] = "local-bigquery"

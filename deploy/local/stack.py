@@ -287,15 +287,15 @@ def _admin_call() -> dict[str, Any]:
     }
 
 
-def _http_status(port: int, path: str) -> int | None:
+def _http_get(port: int, path: str) -> tuple[int | None, str]:
+    """The status and body of a GET (None, "" when nothing answered)."""
     conn = http.client.HTTPConnection(HOST, port, timeout=2)
     try:
         conn.request("GET", path)
         response = conn.getresponse()
-        response.read()
-        return response.status
+        return response.status, response.read().decode("utf-8", "replace")
     except (OSError, http.client.HTTPException):
-        return None
+        return None, ""
     finally:
         conn.close()
 
@@ -680,10 +680,11 @@ class Stack:
         readiness = _READINESS[name]
         port = self._ports[name]
         deadline = piece.launched_at + self.config.start_timeout
+        answer = ""  # the body of the last readiness probe
         while True:
             exited = piece.proc.poll()
             output = piece.output()
-            if name == "bigquery" and _EXTENSIONS_MISSING.search(output):
+            if name == "bigquery" and _EXTENSIONS_MISSING.search(output + answer):
                 python = EMULATOR_VENV / "bin" / "python"
                 raise StackError(
                     "local-bigquery cannot open its database: DuckDB's extensions are not in "
@@ -692,7 +693,7 @@ class Stack:
                     f'`make venv`, or once with this HOME: {python} -c "import duckdb; from '
                     "duckdb_extensions import import_extension as i; c = duckdb.connect(); "
                     "[i(e, con=c) for e in ('ducklake', 'icu', 'spatial')]\"\n"
-                    f"Last lines of {piece.log_path}:\n{piece.tail()}"
+                    f"It answered: {answer[:400]}\nLast lines of {piece.log_path}:\n{piece.tail()}"
                 )
             if _PORT_CONFLICT.search(output):
                 raise _PortConflict(f"{name}: port {port} was taken by another process")
@@ -702,7 +703,7 @@ class Stack:
                     f"Last lines of {piece.log_path}:\n{piece.tail()}"
                 )
             if readiness.marker.search(output):
-                status = _http_status(port, readiness.path.format(project=self.config.project))
+                status, answer = _http_get(port, readiness.path.format(project=self.config.project))
                 if status == 200 or (status is not None and readiness.any_status):
                     break
             if time.monotonic() > deadline:

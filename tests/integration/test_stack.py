@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -295,38 +296,115 @@ def test_kill_and_restart_bigquery_on_the_same_port(stack: Stack) -> None:
     assert bigquery_datasets(stack) == []  # restarted empty (bigquery_keeps_data is False)
 
 
+def all_at_once(calls: list[Callable[[], Any]]) -> list[str]:
+    """Run the calls at the same instant; the status each got ("200", "409", "412", ...)."""
+    from google.api_core.exceptions import GoogleAPICallError
+
+    barrier = threading.Barrier(len(calls))
+
+    def one(call: Callable[[], Any]) -> str:
+        barrier.wait()
+        try:
+            call()
+        except GoogleAPICallError as exc:
+            return str(exc.code)
+        return "200"
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return sorted(pool.map(one, calls))
+
+
 def test_concurrent_creates_of_one_dataset_or_table_answer_one_200_and_409s(stack: Stack) -> None:
     """As BigQuery answers them (deploy/local/bigquery_emulator.py corrects local-bigquery's 400
     "Failed to commit DuckLake transaction" for a lost race): the losers learn that it exists."""
-    from google.api_core.exceptions import Conflict
     from google.cloud import bigquery
 
     client = stack.bigquery_client()
     project = stack.config.project
-
-    def all_at_once(create: Callable[[], Any]) -> list[str]:
-        barrier = threading.Barrier(8)
-
-        def one() -> str:
-            barrier.wait()
-            try:
-                create()
-            except Conflict:
-                return "409"
-            return "200"
-
-        with ThreadPoolExecutor(8) as pool:
-            return sorted(pool.map(lambda _: one(), range(8)))
-
     try:
         for round_ in range(3):
             dataset = f"race_{round_}_{uuid.uuid4().hex[:6]}"
-            answers = all_at_once(lambda d=dataset: client.create_dataset(d, retry=None, timeout=30))
-            assert answers == ["200"] + ["409"] * 7
+            create = [lambda d=dataset: client.create_dataset(d, retry=None, timeout=30)] * 8
+            assert all_at_once(create) == ["200"] + ["409"] * 7
             table = bigquery.Table(f"{project}.{dataset}.t", schema=[bigquery.SchemaField("a", "STRING")])
-            answers = all_at_once(lambda t=table: client.create_table(t, retry=None, timeout=30))
-            assert answers == ["200"] + ["409"] * 7
+            create = [lambda t=table: client.create_table(t, retry=None, timeout=30)] * 8
+            assert all_at_once(create) == ["200"] + ["409"] * 7
     finally:
+        client.close()
+
+
+def test_concurrent_patches_read_at_one_etag_answer_one_200_and_412s(stack: Stack) -> None:
+    """As BigQuery answers them (deploy/local/bigquery_emulator.py makes local-bigquery's etag
+    check and write one step): of the patches made from one read, one is applied."""
+    from google.cloud import bigquery
+
+    client = stack.bigquery_client()
+    project = stack.config.project
+    dataset = f"patches_{uuid.uuid4().hex[:6]}"
+    try:
+        client.create_dataset(dataset, timeout=30)
+        client.create_table(
+            bigquery.Table(f"{project}.{dataset}.t", schema=[bigquery.SchemaField("a", "STRING")]), timeout=30
+        )
+        for round_ in range(3):
+            read = [client.get_table(f"{dataset}.t") for _ in range(4)]  # four writers, one etag
+            for i, table in enumerate(read):
+                table.schema = [*table.schema, bigquery.SchemaField(f"c{round_}_{i}", "STRING")]
+                table.labels = {"writer": str(i)}
+            patches = [
+                lambda t=t: client.update_table(t, ["schema", "labels"], retry=None, timeout=30) for t in read
+            ]
+            assert all_at_once(patches) == ["200", "412", "412", "412"]
+            after = client.get_table(f"{dataset}.t")
+            winner = after.labels["writer"]
+            assert [f.name for f in after.schema][-1] == f"c{round_}_{winner}"  # the winner's, whole
+
+            datasets = [client.get_dataset(dataset) for _ in range(4)]
+            for i, ds in enumerate(datasets):
+                ds.description = f"writer {i}"
+            patches = [
+                lambda d=d: client.update_dataset(d, ["description"], retry=None, timeout=30)
+                for d in datasets
+            ]
+            assert all_at_once(patches) == ["200", "412", "412", "412"]
+    finally:
+        client.delete_dataset(dataset, delete_contents=True, not_found_ok=True)
+        client.close()
+
+
+def test_a_table_a_copy_job_creates_keeps_its_metadata_between_reads(stack: Stack) -> None:
+    """As in BigQuery (deploy/local/bigquery_emulator.py records it when the job creates the
+    table): creation and modification times, etag, and the dataset's default expiration."""
+    from google.cloud import bigquery
+
+    client = stack.bigquery_client()
+    project = stack.config.project
+    dataset = bigquery.Dataset(f"{project}.copies_{uuid.uuid4().hex[:6]}")
+    dataset.default_table_expiration_ms = 86_400_000
+    try:
+        client.create_dataset(dataset, timeout=30)
+        source = f"{dataset.dataset_id}.source"
+        client.create_table(
+            bigquery.Table(f"{project}.{source}", schema=[bigquery.SchemaField("a", "STRING")]), timeout=30
+        )
+        assert client.insert_rows_json(source, [{"a": "x"}, {"a": "y"}]) == []
+        client.copy_table(source, f"{dataset.dataset_id}.copy", timeout=30).result(timeout=30)
+
+        first = client.get_table(f"{dataset.dataset_id}.copy")
+        time.sleep(0.05)  # later reads must not move any of it
+        second = client.get_table(f"{dataset.dataset_id}.copy")
+
+        assert first.num_rows == 2
+        assert first.etag is not None
+        assert (first.created, first.modified, first.etag, first.expires) == (
+            second.created,
+            second.modified,
+            second.etag,
+            second.expires,
+        )
+        assert first.expires - first.created == timedelta(days=1)
+    finally:
+        client.delete_dataset(dataset.dataset_id, delete_contents=True, not_found_ok=True)
         client.close()
 
 
