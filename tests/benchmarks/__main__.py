@@ -1,10 +1,10 @@
 """`python -m tests.benchmarks` (`make bench`): the engine's cost in BigQuery round trips.
 
-bqemulator runs behind a local proxy that adds a latency to every request (default 200 ms, the
-order of a real BigQuery metadata call), counts requests, and answers 403 rateLimitExceeded
-above BigQuery's per-user rates. Each scenario runs in the default configuration and in the
-sequential baseline (concurrency 1, one table after another), in the same run. Prints one
-table; see the README's Performance section for how to read it.
+The BigQuery emulator (local-bigquery) runs behind a local proxy that adds a latency to every
+request (default 200 ms, the order of a real BigQuery metadata call), counts requests, and
+answers 403 rateLimitExceeded above BigQuery's per-user rates. Each scenario runs in the default
+configuration and in the sequential baseline (concurrency 1, one table after another), in the
+same run. Prints one table; see the README's Performance section for how to read it.
 """
 
 from __future__ import annotations

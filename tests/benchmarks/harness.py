@@ -1,5 +1,6 @@
-"""The benchmark's harness: bqemulator behind the counting, latency-adding, rate-limiting proxy,
-and engine runs in worker processes, each measured as one `Measured` row.
+"""The benchmark's harness: the BigQuery emulator (local-bigquery) behind the counting,
+latency-adding, rate-limiting proxy, and engine runs in worker processes, each measured as one
+`Measured` row.
 
 Every run gets a proxy of its own (so rate-limit windows start empty, like a user that was
 idle) in front of one shared emulator, and a dataset of its own.

@@ -419,7 +419,7 @@ def test_a_new_label_is_added_and_the_next_run_is_unchanged(bigquery_proxy, data
     assert bigquery_proxy.writes() == []
 
 
-# --- what bqemulator could not show: races on the etag, label merges, table settings ----------
+# --- races on the etag, label merges, table settings: what an emulator must show like BigQuery ---
 
 
 def test_a_table_patch_that_loses_a_race_re_reads_and_keeps_the_other_writers_change(
