@@ -75,6 +75,7 @@ def run(args: argparse.Namespace, workdir: Path) -> list[Measured]:
                 bench, "8 bundled tables", bundled, [measured_variant, scenarios.SEQUENTIAL]
             )
         if {"generated", "no-limiter"} & chosen:
+            bench.empty_emulator()
             folder, added = scenarios.generated_folders(workdir, args.tables)
             variants = [measured_variant] if "generated" in chosen else []
             if "generated" in chosen:
@@ -86,6 +87,7 @@ def run(args: argparse.Namespace, workdir: Path) -> list[Measured]:
             rows += scenarios.series(bench, label, folder, variants, added_column=added)
         if "cold-start" in chosen:
             _say("cold start")
+            bench.empty_emulator()
             dataset = bench.dataset("cold")
             bench.run_engine(
                 "prepare", "-", schemas=bundled, dataset=dataset, min_depth=scenarios.FRESH_DEPTH
@@ -110,6 +112,7 @@ def _bq(
     out = []
     for label, folder in sets:
         _say(f"bq mk -f loop, {label}")
+        bench.empty_emulator()
         dataset = bench.dataset("bq")
         steps = [("fresh", True), ("nothing to do", not args.quick)]
         for step, wanted in steps:
