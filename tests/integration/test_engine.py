@@ -605,3 +605,45 @@ def test_the_partition_filter_requirement_and_partition_expiration_are_created_a
     bigquery_proxy.reset()
     assert apply(settings, relaxed, tables=[table]).tables[0].action == "unchanged"
     assert bigquery_proxy.writes() == []
+
+
+def test_column_settings_beyond_name_type_and_mode_are_created_and_kept_by_a_patch(
+    bigquery_proxy, dataset_name, client
+):
+    """maxLength, policyTags, defaultValueExpression, collation, precision and scale: applied
+    when the table is created, and still there after a patch adds a column (the patch sends
+    every existing column as BigQuery returned it)."""
+    settings = settings_for(bigquery_proxy, dataset_name)
+    table = "tenant_api_keys"
+    tag = {"names": [f"projects/{PROJECT}/locations/us/taxonomies/1/policyTags/2"]}
+    extras = {
+        "key_prefix": {"maxLength": "8", "collation": "und:ci"},
+        "key_hash": {"policyTags": tag},
+        "name": {"defaultValueExpression": "'unnamed'"},
+    }
+
+    def with_extras(schema: list[dict[str, Any]]) -> None:
+        for field in schema:
+            field.update(extras.get(field["name"], {}))
+        schema.append({"name": "spend_cap", "type": "NUMERIC", "precision": "12", "scale": "2"})
+
+    files = edited(bundled_files(), table, with_extras)
+    apply(settings, files, tables=[table])
+
+    def settings_of(resource: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        keys = ("maxLength", "collation", "policyTags", "defaultValueExpression", "precision", "scale")
+        return {f["name"]: {k: f[k] for k in keys if k in f} for f in resource["schema"]["fields"]}
+
+    wanted = {**extras, "spend_cap": {"precision": "12", "scale": "2"}}
+    created = settings_of(client.get_table(f"{dataset_name}.{table}").to_api_repr())
+    assert {name: value for name, value in created.items() if value} == wanted
+    bigquery_proxy.reset()
+
+    result = apply(settings, edited(files, table, _add_notes), tables=[table])
+
+    assert result.tables[0].changes == ("add column notes NULLABLE STRING",)
+    [patch] = [s for s in bigquery_proxy.sent() if s.method == "PATCH"]
+    assert discovery.problems("Table", patch.json()) == []
+    after = client.get_table(f"{dataset_name}.{table}").to_api_repr()
+    assert {name: value for name, value in settings_of(after).items() if value} == wanted
+    assert after["schema"]["fields"][-1]["name"] == "notes"
