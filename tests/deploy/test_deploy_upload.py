@@ -63,6 +63,7 @@ SHIPPED = [
 KEPT_OUT = [
     ".gcloudignore-is-copied-separately",
     "requirements-dev.txt",
+    "requirements-emulator.txt",
     "Makefile",
     "README.md",
     "pyproject.toml",
@@ -72,6 +73,7 @@ KEPT_OUT = [
     ".ci/run",
     ".venv/bin/python",
     ".venv/lib/site.py",
+    ".venv-emulator/bin/local-bigquery",
     "venv/lib/x.py",
     ".stack/ledger.json",
     ".bench/results.json",

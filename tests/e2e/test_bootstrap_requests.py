@@ -1,5 +1,5 @@
 """Bootstrap requests end to end: Pub/Sub emulator -> push -> functions-framework -> the
-function -> bqemulator, and the completion event back on the completion topic."""
+function -> local-bigquery, and the completion event back on the completion topic."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Fault injection end to end: the function talks to bqemulator and fake-gcs-server through
+"""Fault injection end to end: the function talks to local-bigquery and fake-gcs-server through
 proxies that inject 503s, 429 rateLimitExceeded, dropped connections, lost answers and latency.
 Under those faults, and across an emulator killed in the middle of a run, redeliveries of a
 request must converge to the declared state without losing a row, and a destructive request
@@ -43,8 +43,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("stack")
     config = StackConfig(
         workdir=workdir,
-        # Persistent, so that a killed and restarted emulator still holds the tables and rows.
-        extra_args={"bigquery": ["--persistent", "--data-dir", str(workdir / "bigquery-data")]},
+        # A killed and restarted emulator still holds the tables and rows.
+        bigquery_keeps_data=True,
         function_env={
             "SCHEMA_SOURCE": f"gs://{BUCKET}/{PREFIX}",
             "BOOTSTRAP_RETRY_DEADLINE": "2",
@@ -117,9 +117,8 @@ def test_repeated_deliveries_converge_under_20_percent_faults(stack, proxies, ta
     ).encode()
     manifest = changed["bootstrap.yaml"].decode()
     manifest = manifest.replace("Central registry", "Central registry (converged under faults)", 1)
-    # A changed label value, not an added key: bqemulator replaces a table's labels with those a
-    # patch names, where BigQuery merges them (the engine sends only the changed ones).
-    manifest = manifest.replace("labels: {domain: billing}", "labels: {domain: finance}", 1)
+    # A changed label value and an added key (the patch sends only those; BigQuery merges them).
+    manifest = manifest.replace("labels: {domain: billing}", "labels: {domain: finance, tier: metered}", 1)
     manifest += (
         "  tenant_fault_audit:\n"
         '    description: "Audit trail written under faults."\n'

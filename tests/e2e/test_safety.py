@@ -53,8 +53,7 @@ def insert(stack: Stack, first: int, count: int) -> None:
 
 
 def rows(stack: Stack, table: str = TABLE, dataset: str = "tenants") -> list[str]:
-    query = f"SELECT tenant_id FROM `{PROJECT}.{dataset}.{table}` ORDER BY tenant_id"
-    return [r["tenant_id"] for r in stack.bigquery_client().query(query).result()]
+    return sorted(r["tenant_id"] for r in stack.bigquery_client().list_rows(f"{PROJECT}.{dataset}.{table}"))
 
 
 def backups(stack: Stack) -> list[str]:
@@ -102,8 +101,15 @@ def test_a_forced_request_delivered_five_times_recreates_once(stack, inbox):
     new_backups = sorted(set(backups(stack)) - set(before))
     assert len(new_backups) == 1
     assert rows(stack, new_backups[0], "tenants_backups") == ["tenant-0", "tenant-1", "tenant-2"]
-    dataset = stack.bigquery_client().get_dataset("tenants_backups")
-    assert dataset.default_table_expiration_ms == 7 * 86_400_000
+    client = stack.bigquery_client()
+    assert client.get_dataset("tenants_backups").default_table_expiration_ms == 7 * 86_400_000
+    # The backup expires on its own, 7 days (BOOTSTRAP_BACKUP_TTL_DAYS) after it was taken, and
+    # the completion event says when.
+    copy = client.get_table(f"tenants_backups.{new_backups[0]}")
+    assert copy.expires is not None
+    assert copy.expires.isoformat().replace("+00:00", "Z")[:19] == backup["expires_at"][:19]
+    taken = datetime.fromisoformat(backup["created_at"])
+    assert datetime.fromisoformat(backup["expires_at"]) - taken == timedelta(days=7)
 
 
 def test_a_forced_request_delivered_five_times_at_once_recreates_once(stack, inbox):

@@ -73,9 +73,8 @@ def schema(table: str) -> list[dict[str, Any]]:
     return json.loads((SCHEMAS / f"{table}.json").read_text())
 
 
-def count(stack: Stack, table: str) -> int:
-    rows = stack.bigquery_client().query(f"SELECT COUNT(*) AS n FROM `{PROJECT}.tenants.{table}`").result()
-    return next(iter(rows))["n"]
+def tenant_ids(stack: Stack, table: str) -> list[str]:
+    return sorted(r["tenant_id"] for r in stack.bigquery_client().list_rows(f"{PROJECT}.tenants.{table}"))
 
 
 def test_uploading_a_new_tables_schema_creates_it(stack, inbox, gcs, seeded):
@@ -113,7 +112,7 @@ def test_an_added_nullable_column_updates_the_table_and_keeps_its_rows(stack, in
     assert outcome["action"] == "updated"
     assert outcome["changes"] == ["add column rotated_from NULLABLE STRING"]
     assert client.get_table(f"tenants.{table}").schema[-1].name == "rotated_from"
-    assert count(stack, table) == 1
+    assert tenant_ids(stack, table) == ["tenant-1"]
 
 
 def test_an_incompatible_schema_is_blocked_and_changes_nothing(stack, inbox, gcs, seeded):
@@ -144,7 +143,7 @@ def test_an_upload_that_would_expire_partitions_deletes_nothing(stack, inbox, gc
     client = stack.bigquery_client()
     ref = f"tenants.{table}"
     assert client.insert_rows_json(ref, [{**required_row(client, ref, 3), "usage_date": "2020-01-01"}]) == []
-    rows = count(stack, table)
+    rows = tenant_ids(stack, table)
     before = bigquery_snapshot(stack)
     original = (SCHEMAS / "bootstrap.yaml").read_bytes()
     manifest = original.replace(
@@ -165,7 +164,7 @@ def test_an_upload_that_would_expire_partitions_deletes_nothing(stack, inbox, gc
         assert phrase in outcome["error"] and "delete every partition older than" in outcome["error"]
     assert client.get_table(ref).time_partitioning.expiration_ms is None
     assert bigquery_snapshot(stack) == before
-    assert count(stack, table) == rows
+    assert tenant_ids(stack, table) == rows
     restore(gcs, inbox, "bootstrap.yaml", original)
 
 

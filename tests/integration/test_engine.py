@@ -1,14 +1,18 @@
-"""The ensure engine against bqemulator: what a user sees in BigQuery after each apply, and the
-requests the official client actually sent (counted by a proxy in front of the emulator)."""
+"""The ensure engine against local-bigquery: what a user sees in BigQuery after each apply, and
+the requests the official client actually sent (recorded by a proxy in front of the emulator).
+Where the emulator cannot show what BigQuery does with a request (a field added inside a RECORD
+by a patch), the request body is checked against BigQuery's discovery document instead."""
 
 from __future__ import annotations
 
 import json
 import threading
 import time
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+import yaml
 from google.cloud import bigquery
 
 from function import gate
@@ -20,6 +24,7 @@ from function.model import canonical_type
 from function.request import request_from_fields
 from function.schema_files import load_declared_state
 from tests.conftest import PROJECT, bundled_files
+from tests.support import discovery
 from tests.support.proxy import Proxy
 from tests.support.rows import required_row
 
@@ -78,8 +83,18 @@ def edited(files: dict[str, bytes], table: str, change: Any) -> dict[str, bytes]
 
 
 def row_count(client: bigquery.Client, dataset: str, table: str) -> int:
-    rows = client.query(f"SELECT COUNT(*) AS n FROM `{PROJECT}.{dataset}.{table}`").result()
-    return next(iter(rows))["n"]
+    return len(list(client.list_rows(f"{PROJECT}.{dataset}.{table}")))
+
+
+def manifest_edited(files: dict[str, bytes], change: Any) -> dict[str, bytes]:
+    """The files with `change(manifest)` applied to the parsed manifest."""
+    manifest = yaml.safe_load(files["bootstrap.yaml"])
+    change(manifest)
+    return {**files, "bootstrap.yaml": yaml.safe_dump(manifest).encode()}
+
+
+def _dataset_component(value: str) -> Any:
+    return lambda manifest: manifest["dataset"]["labels"].update(component=value)
 
 
 @pytest.fixture
@@ -125,34 +140,84 @@ def test_second_apply_is_unchanged_and_sends_no_write(bigquery_proxy, dataset_na
     assert len(bigquery_proxy.reads()) == 1 + len(result.tables)  # the dataset, then each table once
 
 
-def test_new_nullable_columns_are_added_in_place_and_rows_survive(bigquery_proxy, dataset_name, client):
+def _add_notes(schema: list[dict[str, Any]]) -> None:
+    schema.append({"name": "notes", "type": "STRING", "mode": "NULLABLE", "description": "Free text."})
+
+
+def test_a_new_nullable_column_is_added_in_place_rows_survive_and_new_rows_use_it(
+    bigquery_proxy, dataset_name, client
+):
     settings = settings_for(bigquery_proxy, dataset_name)
     files = bundled_files()
     apply(settings, files)
     table = "tenant_pipeline_configs"
-    rows = [required_row(client, f"{dataset_name}.{table}", i) for i in range(3)]
-    assert client.insert_rows_json(f"{dataset_name}.{table}", rows) == []
+    ref = f"{dataset_name}.{table}"
+    rows = [required_row(client, ref, i) for i in range(3)]
+    assert client.insert_rows_json(ref, rows) == []
+    bigquery_proxy.reset()
 
-    def add_columns(schema: list[dict[str, Any]]) -> None:
-        schema.append({"name": "notes", "type": "STRING", "mode": "NULLABLE", "description": "Free text."})
-        record = next(f for f in schema if f["type"] == "RECORD")
-        record["fields"].append({"name": "region", "type": "STRING", "description": "Where it runs."})
-
-    result = apply(settings, edited(files, table, add_columns), tables=[table])
+    result = apply(settings, edited(files, table, _add_notes), tables=[table])
 
     assert result.status == "succeeded"
     [outcome] = result.tables
-    assert outcome.action == "updated"
-    assert any("add column notes" in c for c in outcome.changes)
-    assert any(c.startswith("add column ") and c.split()[2].endswith(".region") for c in outcome.changes)
-    after = client.get_table(f"{dataset_name}.{table}")
+    assert (outcome.action, outcome.changes) == ("updated", ("add column notes NULLABLE STRING",))
+    [patch] = [s for s in bigquery_proxy.sent() if s.method == "PATCH"]
+    assert set(patch.json()) == {"schema"}  # exactly the changed property
+    assert discovery.problems("Table", patch.json()) == []
+    after = client.get_table(ref)
     assert after.schema[-1].name == "notes"
-    record = next(f for f in after.schema if f.field_type in ("RECORD", "STRUCT"))
-    assert record.fields[-1].name == "region"
-    assert row_count(client, dataset_name, table) == 3
+    assert [f.name for f in after.schema[:-1]] == [f["name"] for f in json.loads(files[table + ".json"])]
+    # The rows written before the patch are all there, with no value in the new column, and a
+    # row written after it can use it.
+    assert sorted((r["tenant_id"], r["notes"]) for r in client.list_rows(after)) == [
+        (f"tenant-{i}", None) for i in range(3)
+    ]
+    assert client.insert_rows_json(ref, [{**required_row(client, ref, 9), "notes": "after the patch"}]) == []
+    assert ("tenant-9", "after the patch") in {(r["tenant_id"], r["notes"]) for r in client.list_rows(after)}
     bigquery_proxy.reset()
-    assert apply(settings, edited(files, table, add_columns), tables=[table]).tables[0].action == "unchanged"
+    assert apply(settings, edited(files, table, _add_notes), tables=[table]).tables[0].action == "unchanged"
     assert bigquery_proxy.writes() == []
+
+
+def test_a_field_added_inside_a_record_is_sent_as_bigquery_defines_the_patch(
+    bigquery_proxy, dataset_name, client
+):
+    """local-bigquery answers 200 to this patch and ignores the new sub-field (a known gap), so
+    what BigQuery would receive is checked instead: one PATCH of the schema alone, carrying every
+    existing column unchanged and in its order, the RECORD with the new field last, and a body
+    that fits BigQuery's published TableFieldSchema."""
+    settings = settings_for(bigquery_proxy, dataset_name)
+    files = bundled_files()
+    apply(settings, files)
+    table = "tenant_pipeline_configs"
+    read = client.get_table(f"{dataset_name}.{table}")
+    before = read.to_api_repr()["schema"]["fields"]
+    region = {"name": "region", "type": "STRING", "mode": "NULLABLE", "description": "Where it runs."}
+
+    def add_region(schema: list[dict[str, Any]]) -> None:
+        record = next(f for f in schema if f["type"] == "RECORD")
+        record["fields"].append(dict(region))
+
+    bigquery_proxy.reset()
+    result = apply(settings, edited(files, table, add_region), tables=[table])
+
+    [outcome] = result.tables
+    record_name = next(f["name"] for f in before if f["type"] in ("RECORD", "STRUCT"))
+    assert (outcome.action, outcome.changes) == (
+        "updated",
+        (f"add column {record_name}.region NULLABLE STRING",),
+    )
+    [patch] = [s for s in bigquery_proxy.sent() if s.method == "PATCH"]
+    assert patch.path.endswith(f"/datasets/{dataset_name}/tables/{table}")
+    assert patch.headers["if-match"] == read.etag  # the table as the engine read it
+    body = patch.json()
+    assert set(body) == {"schema"}
+    assert discovery.problems("Table", body) == []
+    sent = body["schema"]["fields"]
+    expected = [{**f, "fields": [*f["fields"], region]} if f["name"] == record_name else f for f in before]
+    assert normalised(sent) == normalised(expected)
+    sent_record = next(f for f in sent if f["name"] == record_name)
+    assert sent_record["fields"][-1] == region
 
 
 def _remove_column(schema: list[dict[str, Any]]) -> None:
@@ -264,6 +329,16 @@ def test_forced_recreation_with_all_three_consents_recreates(bigquery_proxy, dat
     assert actions(result) == {table: "recreated"}
     assert row_count(client, dataset_name, table) == 0
     assert row_count(client, dataset_name, "tenant_api_keys") == 0  # untouched: not selected
+    # The backup holds the row and expires on its own, after BOOTSTRAP_BACKUP_TTL_DAYS (7).
+    [backup] = result.backups
+    copy = client.get_table(backup.backup)
+    assert [r["tenant_id"] for r in client.list_rows(copy)] == ["tenant-1"]
+    assert copy.expires is not None
+    assert copy.expires.isoformat().replace("+00:00", "Z")[:19] == backup.expires_at[:19]
+    created, expires = (datetime.fromisoformat(t) for t in (backup.created_at, backup.expires_at))
+    assert expires - created == timedelta(days=7)
+    assert copy.labels == {"bootstrap-backup": "true"}
+    assert json.loads(copy.description)["backup_of"] == f"{dataset_name}.{table}"
 
 
 def test_dataset_description_and_labels_are_patched_in_place(bigquery_proxy, dataset_name, client):
@@ -325,8 +400,7 @@ def test_eight_concurrent_applies_all_succeed_and_converge(bigquery_proxy, datas
 
 
 def _all_rows(client: bigquery.Client, dataset: str, table: str) -> list[tuple[Any, ...]]:
-    rows = client.query(f"SELECT * FROM `{PROJECT}.{dataset}.{table}` ORDER BY tenant_id").result()
-    return [tuple(r.values()) for r in rows]
+    return sorted((tuple(r.values()) for r in client.list_rows(f"{PROJECT}.{dataset}.{table}")), key=repr)
 
 
 def test_a_new_label_is_added_and_the_next_run_is_unchanged(bigquery_proxy, dataset_name, client):
@@ -350,3 +424,233 @@ def test_a_new_label_is_added_and_the_next_run_is_unchanged(bigquery_proxy, data
     bigquery_proxy.reset()
     assert apply(settings, changed, tables=[table]).tables[0].action == "unchanged"
     assert bigquery_proxy.writes() == []
+
+
+# --- races on the etag, label merges, table settings: what an emulator must show like BigQuery ---
+
+
+def test_a_table_patch_that_loses_a_race_re_reads_and_keeps_the_other_writers_change(
+    bigquery_proxy, dataset_name, client
+):
+    """Between the engine's read of a table and its patch, another writer (a DLP scanner, say)
+    labels the table and edits its description. The engine's patch carries the etag it read,
+    so BigQuery answers 412; the engine reads the table again, plans again against what the
+    other writer left, and patches that: the declared state holds, the other writer's label
+    stays, and its description edit (a declared property) is set back."""
+    settings = settings_for(bigquery_proxy, dataset_name)
+    files = bundled_files()
+    apply(settings, files)
+    table = "tenant_subscriptions"
+    ref = f"{dataset_name}.{table}"
+    declared_description = client.get_table(ref).description
+    other_writer: list[str] = []
+
+    def other_writer_patches() -> None:
+        current = client.get_table(ref)  # straight to the emulator, not through the proxy
+        current.labels = {"dlp-scan": "done"}
+        current.description = "Edited elsewhere."
+        other_writer.append(client.update_table(current, ["labels", "description"]).etag)
+
+    bigquery_proxy.before_next(other_writer_patches, method="PATCH", path_regex=rf"/tables/{table}$")
+    bigquery_proxy.reset()
+
+    result = apply(settings, edited(files, table, _add_notes), tables=[table])
+
+    assert other_writer, "the other writer did not run"
+    assert result.status == "succeeded"
+    [outcome] = result.tables
+    assert outcome.action == "updated"
+    # The changes are the second plan's, made against what the other writer left.
+    assert set(outcome.changes) == {
+        "add column notes NULLABLE STRING",
+        f"description: 'Edited elsewhere.' -> {declared_description!r}",
+    }
+    on_table = [
+        (r.method, r.status) for r in bigquery_proxy.requests() if r.path.endswith(f"/tables/{table}")
+    ]
+    assert on_table == [("GET", 200), ("PATCH", 412), ("GET", 200), ("PATCH", 200)]
+    first, second = (s for s in bigquery_proxy.sent() if s.method == "PATCH")
+    assert second.headers["if-match"] == other_writer[0] != first.headers["if-match"]
+    after = client.get_table(ref)
+    assert after.schema[-1].name == "notes"
+    assert after.description == declared_description
+    assert after.labels == {"domain": "billing", "dlp-scan": "done"}
+    bigquery_proxy.reset()
+    assert apply(settings, edited(files, table, _add_notes), tables=[table]).tables[0].action == "unchanged"
+    assert bigquery_proxy.writes() == []
+
+
+def test_a_dataset_patch_that_loses_a_race_re_reads_and_keeps_the_other_writers_change(
+    bigquery_proxy, dataset_name, client
+):
+    settings = settings_for(bigquery_proxy, dataset_name)
+    files = bundled_files()
+    apply(settings, files)
+    changed = manifest_edited(files, _dataset_component("tenant-directory"))
+    other_writer: list[str] = []
+
+    def other_writer_patches() -> None:
+        current = client.get_dataset(dataset_name)
+        current.labels = {"cost-center": "cc-42"}
+        other_writer.append(client.update_dataset(current, ["labels"]).etag)
+
+    bigquery_proxy.before_next(other_writer_patches, method="PATCH", path_regex=rf"/datasets/{dataset_name}$")
+    bigquery_proxy.reset()
+
+    result = apply(settings, changed, tables=["tenant_profiles"])  # unchanged: the dataset alone
+
+    assert other_writer, "the other writer did not run"
+    assert (result.status, result.dataset_action) == ("succeeded", "updated")
+    assert result.dataset_changes == ("dataset label component: 'tenant-registry' -> 'tenant-directory'",)
+    on_dataset = [
+        (r.method, r.status) for r in bigquery_proxy.requests() if r.path.endswith(f"/{dataset_name}")
+    ]
+    assert on_dataset == [("GET", 200), ("PATCH", 412), ("GET", 200), ("PATCH", 200)]
+    assert client.get_dataset(dataset_name).labels == {
+        "platform": "convergence",
+        "component": "tenant-directory",
+        "cost-center": "cc-42",
+    }
+
+
+def test_labels_other_tools_set_survive_and_a_patch_sends_only_the_labels_that_change(
+    bigquery_proxy, dataset_name, client
+):
+    settings = settings_for(bigquery_proxy, dataset_name)
+    files = bundled_files()
+    apply(settings, files)
+    table = "tenant_api_keys"  # labelled {domain: tenants, sensitivity: restricted}
+    ref = f"{dataset_name}.{table}"
+    # Other tools label the table and the dataset (billing, DLP).
+    current = client.get_table(ref)
+    current.labels = {"cost-center": "cc-42", "dlp-scan": "done"}
+    client.update_table(current, ["labels"])
+    dataset = client.get_dataset(dataset_name)
+    dataset.labels = {"billing-account": "b-7"}
+    client.update_dataset(dataset, ["labels"])
+    assert client.get_table(ref).labels == {
+        "domain": "tenants",
+        "sensitivity": "restricted",
+        "cost-center": "cc-42",
+        "dlp-scan": "done",
+    }  # BigQuery merges label maps on a patch
+    changed = manifest_edited(files, _dataset_component("tenant-directory"))
+    changed = manifest_edited(changed, lambda m: m["tables"][table]["labels"].update(sensitivity="secret"))
+    bigquery_proxy.reset()
+
+    result = apply(settings, changed, tables=[table])
+
+    assert result.dataset_changes == ("dataset label component: 'tenant-registry' -> 'tenant-directory'",)
+    assert [(t.action, t.changes) for t in result.tables] == [
+        ("updated", ("label sensitivity: 'restricted' -> 'secret'",))
+    ]
+    bodies = {s.path.rsplit("/", 1)[-1]: s.json() for s in bigquery_proxy.sent() if s.method == "PATCH"}
+    assert bodies == {
+        dataset_name: {"labels": {"component": "tenant-directory"}},
+        table: {"labels": {"sensitivity": "secret"}},
+    }
+    assert discovery.problems("Dataset", bodies[dataset_name]) == []
+    assert discovery.problems("Table", bodies[table]) == []
+    assert client.get_table(ref).labels == {
+        "domain": "tenants",
+        "sensitivity": "secret",
+        "cost-center": "cc-42",
+        "dlp-scan": "done",
+    }
+    assert client.get_dataset(dataset_name).labels == {
+        "platform": "convergence",
+        "component": "tenant-directory",
+        "billing-account": "b-7",
+    }
+    bigquery_proxy.reset()
+    again = apply(settings, changed, tables=[table])
+    assert (again.dataset_action, again.tables[0].action) == ("unchanged", "unchanged")
+    assert bigquery_proxy.writes() == []
+
+
+def test_the_partition_filter_requirement_and_partition_expiration_are_created_and_changed_in_place(
+    bigquery_proxy, dataset_name, client
+):
+    settings = settings_for(bigquery_proxy, dataset_name)
+    table = "tenant_usage_quotas"
+    ref = f"{dataset_name}.{table}"
+
+    def settings_of(filter_required: bool, expiration_days: int) -> Any:
+        def change(manifest: dict[str, Any]) -> None:
+            entry = manifest["tables"][table]
+            entry["require_partition_filter"] = filter_required
+            entry["time_partitioning"]["expiration_days"] = expiration_days
+
+        return change
+
+    strict = manifest_edited(bundled_files(), settings_of(True, 400))
+
+    created = apply(settings, strict, tables=[table])
+
+    assert actions(created) == {table: "created"}
+    read = client.get_table(ref)
+    assert read.require_partition_filter is True
+    assert read.time_partitioning.expiration_ms == 400 * 86_400_000
+    bigquery_proxy.reset()
+    assert apply(settings, strict, tables=[table]).tables[0].action == "unchanged"
+    assert bigquery_proxy.writes() == []
+
+    relaxed = manifest_edited(strict, settings_of(False, 30))
+    result = apply(settings, relaxed, tables=[table])
+
+    [outcome] = result.tables
+    assert (outcome.action, set(outcome.changes)) == (
+        "updated",
+        {"partition expiration: 400 days -> 30 days", "require partition filter: yes -> no"},
+    )
+    read = client.get_table(ref)
+    assert read.require_partition_filter is False
+    assert (read.time_partitioning.type_, read.time_partitioning.field) == ("DAY", "usage_date")
+    assert read.time_partitioning.expiration_ms == 30 * 86_400_000
+    [patch] = [s for s in bigquery_proxy.sent() if s.method == "PATCH"]
+    assert discovery.problems("Table", patch.json()) == []
+    bigquery_proxy.reset()
+    assert apply(settings, relaxed, tables=[table]).tables[0].action == "unchanged"
+    assert bigquery_proxy.writes() == []
+
+
+def test_column_settings_beyond_name_type_and_mode_are_created_and_kept_by_a_patch(
+    bigquery_proxy, dataset_name, client
+):
+    """maxLength, policyTags, defaultValueExpression, collation, precision and scale: applied
+    when the table is created, and still there after a patch adds a column (the patch sends
+    every existing column as BigQuery returned it)."""
+    settings = settings_for(bigquery_proxy, dataset_name)
+    table = "tenant_api_keys"
+    tag = {"names": [f"projects/{PROJECT}/locations/us/taxonomies/1/policyTags/2"]}
+    extras = {
+        "key_prefix": {"maxLength": "8", "collation": "und:ci"},
+        "key_hash": {"policyTags": tag},
+        "name": {"defaultValueExpression": "'unnamed'"},
+    }
+
+    def with_extras(schema: list[dict[str, Any]]) -> None:
+        for field in schema:
+            field.update(extras.get(field["name"], {}))
+        schema.append({"name": "spend_cap", "type": "NUMERIC", "precision": "12", "scale": "2"})
+
+    files = edited(bundled_files(), table, with_extras)
+    apply(settings, files, tables=[table])
+
+    def settings_of(resource: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        keys = ("maxLength", "collation", "policyTags", "defaultValueExpression", "precision", "scale")
+        return {f["name"]: {k: f[k] for k in keys if k in f} for f in resource["schema"]["fields"]}
+
+    wanted = {**extras, "spend_cap": {"precision": "12", "scale": "2"}}
+    created = settings_of(client.get_table(f"{dataset_name}.{table}").to_api_repr())
+    assert {name: value for name, value in created.items() if value} == wanted
+    bigquery_proxy.reset()
+
+    result = apply(settings, edited(files, table, _add_notes), tables=[table])
+
+    assert result.tables[0].changes == ("add column notes NULLABLE STRING",)
+    [patch] = [s for s in bigquery_proxy.sent() if s.method == "PATCH"]
+    assert discovery.problems("Table", patch.json()) == []
+    after = client.get_table(f"{dataset_name}.{table}").to_api_repr()
+    assert {name: value for name, value in settings_of(after).items() if value} == wanted
+    assert after["schema"]["fields"][-1]["name"] == "notes"

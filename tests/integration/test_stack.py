@@ -12,9 +12,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -175,10 +178,12 @@ def test_every_piece_answers(stack: Stack) -> None:
 
     bigquery = stack.bigquery_client()
     try:
+        assert list(bigquery.list_datasets(timeout=10)) == []  # empty, like a new project
         dataset = bigquery.create_dataset(f"{cfg.project}.stack_probe", timeout=10)
         assert dataset.dataset_id == "stack_probe"
     finally:
         bigquery.close()
+    assert (cfg.workdir / "bigquery-data").is_dir()  # the emulator's data: inside the workdir
 
     assert http_status(ports["function"]) == 405  # a CloudEvent function wants a POST
 
@@ -263,22 +268,176 @@ def test_uploads_while_the_trigger_is_detached_do_not_reach_the_function(stack: 
     assert f"{cfg.notification_topic}-detached" not in names
 
 
+def bigquery_datasets(stack: Stack) -> list[str]:
+    client = stack.bigquery_client()
+    try:
+        return sorted(d.dataset_id for d in client.list_datasets(timeout=10))
+    finally:
+        client.close()
+
+
 def test_kill_and_restart_bigquery_on_the_same_port(stack: Stack) -> None:
     port = stack.ports["bigquery"]
+    datasets_path = f"/bigquery/v2/projects/{stack.config.project}/datasets"
+    client = stack.bigquery_client()
+    try:
+        client.create_dataset("before_restart", timeout=10)
+    finally:
+        client.close()
     pids_before = set(stack.pids)
     stack.kill("bigquery")
-    assert http_status(port, "/readyz") is None
+    assert http_status(port, datasets_path) is None
     assert len(stack.pids) == len(pids_before) - 1
 
     stack.restart("bigquery")
     assert stack.ports["bigquery"] == port
     assert stack.env["BIGQUERY_EMULATOR_HOST"] == f"http://{HOST}:{port}"
-    assert http_status(port, "/readyz") == 200
+    assert http_status(port, datasets_path) == 200
+    assert bigquery_datasets(stack) == []  # restarted empty (bigquery_keeps_data is False)
+
+
+def all_at_once(calls: list[Callable[[], Any]]) -> list[str]:
+    """Run the calls at the same instant; the status each got ("200", "409", "412", ...)."""
+    from google.api_core.exceptions import GoogleAPICallError
+
+    barrier = threading.Barrier(len(calls))
+
+    def one(call: Callable[[], Any]) -> str:
+        barrier.wait()
+        try:
+            call()
+        except GoogleAPICallError as exc:
+            return str(exc.code)
+        return "200"
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return sorted(pool.map(one, calls))
+
+
+def test_concurrent_creates_of_one_dataset_or_table_answer_one_200_and_409s(stack: Stack) -> None:
+    """As BigQuery answers them (deploy/local/bigquery_emulator.py corrects local-bigquery's 400
+    "Failed to commit DuckLake transaction" for a lost race): the losers learn that it exists."""
+    from google.cloud import bigquery
+
     client = stack.bigquery_client()
+    project = stack.config.project
     try:
-        list(client.list_datasets(timeout=10))
+        for round_ in range(3):
+            dataset = f"race_{round_}_{uuid.uuid4().hex[:6]}"
+            create = [lambda d=dataset: client.create_dataset(d, retry=None, timeout=30)] * 8
+            assert all_at_once(create) == ["200"] + ["409"] * 7
+            table = bigquery.Table(f"{project}.{dataset}.t", schema=[bigquery.SchemaField("a", "STRING")])
+            create = [lambda t=table: client.create_table(t, retry=None, timeout=30)] * 8
+            assert all_at_once(create) == ["200"] + ["409"] * 7
     finally:
         client.close()
+
+
+def test_concurrent_patches_read_at_one_etag_answer_one_200_and_412s(stack: Stack) -> None:
+    """As BigQuery answers them (deploy/local/bigquery_emulator.py makes local-bigquery's etag
+    check and write one step): of the patches made from one read, one is applied."""
+    from google.cloud import bigquery
+
+    client = stack.bigquery_client()
+    project = stack.config.project
+    dataset = f"patches_{uuid.uuid4().hex[:6]}"
+    try:
+        client.create_dataset(dataset, timeout=30)
+        client.create_table(
+            bigquery.Table(f"{project}.{dataset}.t", schema=[bigquery.SchemaField("a", "STRING")]), timeout=30
+        )
+        for round_ in range(3):
+            read = [client.get_table(f"{dataset}.t") for _ in range(4)]  # four writers, one etag
+            for i, table in enumerate(read):
+                table.schema = [*table.schema, bigquery.SchemaField(f"c{round_}_{i}", "STRING")]
+                table.labels = {"writer": str(i)}
+            patches = [
+                lambda t=t: client.update_table(t, ["schema", "labels"], retry=None, timeout=30) for t in read
+            ]
+            assert all_at_once(patches) == ["200", "412", "412", "412"]
+            after = client.get_table(f"{dataset}.t")
+            winner = after.labels["writer"]
+            assert [f.name for f in after.schema][-1] == f"c{round_}_{winner}"  # the winner's, whole
+
+            datasets = [client.get_dataset(dataset) for _ in range(4)]
+            for i, ds in enumerate(datasets):
+                ds.description = f"writer {i}"
+            patches = [
+                lambda d=d: client.update_dataset(d, ["description"], retry=None, timeout=30)
+                for d in datasets
+            ]
+            assert all_at_once(patches) == ["200", "412", "412", "412"]
+    finally:
+        client.delete_dataset(dataset, delete_contents=True, not_found_ok=True)
+        client.close()
+
+
+def test_a_table_a_copy_job_creates_keeps_its_metadata_between_reads(stack: Stack) -> None:
+    """As in BigQuery (deploy/local/bigquery_emulator.py records it when the job creates the
+    table): creation and modification times, etag, and the dataset's default expiration."""
+    from google.cloud import bigquery
+
+    client = stack.bigquery_client()
+    project = stack.config.project
+    dataset = bigquery.Dataset(f"{project}.copies_{uuid.uuid4().hex[:6]}")
+    dataset.default_table_expiration_ms = 86_400_000
+    try:
+        client.create_dataset(dataset, timeout=30)
+        source = f"{dataset.dataset_id}.source"
+        client.create_table(
+            bigquery.Table(f"{project}.{source}", schema=[bigquery.SchemaField("a", "STRING")]), timeout=30
+        )
+        assert client.insert_rows_json(source, [{"a": "x"}, {"a": "y"}]) == []
+        client.copy_table(source, f"{dataset.dataset_id}.copy", timeout=30).result(timeout=30)
+
+        first = client.get_table(f"{dataset.dataset_id}.copy")
+        time.sleep(0.05)  # later reads must not move any of it
+        second = client.get_table(f"{dataset.dataset_id}.copy")
+
+        assert first.num_rows == 2
+        assert first.etag is not None
+        assert (first.created, first.modified, first.etag, first.expires) == (
+            second.created,
+            second.modified,
+            second.etag,
+            second.expires,
+        )
+        assert first.expires - first.created == timedelta(days=1)
+    finally:
+        client.delete_dataset(dataset.dataset_id, delete_contents=True, not_found_ok=True)
+        client.close()
+
+
+def test_bigquery_keeps_its_data_across_a_restart_when_asked_and_stop_removes_it(tmp_path: Path) -> None:
+    config = StackConfig(components=frozenset({"bigquery"}), workdir=tmp_path, bigquery_keeps_data=True)
+    data = tmp_path / "bigquery-data"
+    data.mkdir()
+    (data / "left-by-a-killed-stack").write_text("")
+    with Stack(config) as stack:
+        assert not (data / "left-by-a-killed-stack").exists()  # a new stack starts empty
+        client = stack.bigquery_client()
+        try:
+            client.create_dataset("kept", timeout=10)
+            client.create_table(f"{config.project}.kept.t", timeout=10)
+        finally:
+            client.close()
+        stack.restart("bigquery")
+        assert bigquery_datasets(stack) == ["kept"]
+    assert not data.exists()
+
+
+def test_bigquery_without_duckdbs_extensions_fails_start_and_says_how_to_fix_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, process_marker: str
+) -> None:
+    """DuckDB finds its extensions under $HOME and cannot download them offline."""
+    home = tmp_path / "empty-home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    stack = Stack(StackConfig(components=frozenset({"bigquery"}), workdir=tmp_path / "work"))
+    with pytest.raises(StackError, match=r"(?s)DuckDB's extensions are not in.*make venv.*icu"):
+        stack.start()
+    assert stack.pids == []
+    assert processes_with_env(process_marker) == []
 
 
 def test_restart_pubsub_provisions_it_again(stack: Stack, events: Path) -> None:
@@ -305,6 +464,7 @@ def test_stop_ends_every_process_and_frees_the_ports(stack: Stack) -> None:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((HOST, port))  # a new server could listen there
     assert not (stack.config.workdir / "env").exists()
+    assert not (stack.config.workdir / "bigquery-data").exists()
 
 
 # ---- failed starts leave nothing behind ---------------------------------------------------

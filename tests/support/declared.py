@@ -1,8 +1,10 @@
 """Does BigQuery hold the declared state? An independent check for end-to-end tests.
 
 Compares what a test client reads straight from the emulator with the schema files and the
-manifest, after normalising what BigQuery itself normalises (legacy type names, default modes,
-empty descriptions), and returns the differences as readable lines (empty: all matches).
+manifest (columns, descriptions, labels, partitioning and its expiration, clustering, the
+partition-filter requirement), after normalising what BigQuery itself normalises (legacy type
+names, default modes, empty descriptions), and returns the differences as readable lines
+(empty: all matches).
 """
 
 from __future__ import annotations
@@ -79,4 +81,10 @@ def differences(client: bigquery.Client, dataset: str, files: Mapping[str, bytes
             out.append(f"{table_id}: partitioned on {field!r}")
         if list(table.clustering_fields or []) != list(entry.get("clustering") or []):
             out.append(f"{table_id}: clustered on {table.clustering_fields}")
+        days = (partitioning or {}).get("expiration_days")
+        expiration = table.time_partitioning.expiration_ms if table.time_partitioning else None
+        if expiration != (int(days * 86_400_000) if days else None):
+            out.append(f"{table_id}: partitions expire after {expiration} ms")
+        if bool(table.require_partition_filter) != bool(entry.get("require_partition_filter")):
+            out.append(f"{table_id}: require_partition_filter {table.require_partition_filter}")
     return out

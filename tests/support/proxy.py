@@ -1,9 +1,11 @@
 """A small reverse HTTP proxy for tests and benchmarks, placed in front of a local emulator.
 
-It records every request (to assert, say, that a no-op run sends no writes), adds latency,
-enforces BigQuery-like rate limits (answering 403 rateLimitExceeded like the real service) and
-injects faults (503, 429, dropped connections, lost responses, extra delay). Standard library
-only, so that it runs wherever the tests run.
+It records every request (to assert, say, that a no-op run sends no writes) and, when asked,
+the bodies of the requests it forwards (to check what a client sent), adds latency, enforces
+BigQuery-like rate limits (answering 403 rateLimitExceeded like the real service), injects
+faults (503, 429, dropped connections, lost responses, extra delay) and runs a test's callback
+just before it forwards a given request (a second writer acting between a client's read and its
+write). Standard library only, so that it runs wherever the tests run.
 
     with Proxy("http://127.0.0.1:9050", rate_limits=BIGQUERY_RATE_LIMITS) as proxy:
         client = bigquery.Client(..., client_options={"api_endpoint": proxy.url})
@@ -40,6 +42,7 @@ __all__ = [
     "Proxy",
     "RateLimit",
     "Recorded",
+    "Sent",
 ]
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -85,6 +88,18 @@ class Recorded(NamedTuple):
     method: str
     path: str  # without the query, percent-encoding as sent
     status: int | None  # what the client received; None: the connection was dropped
+
+
+class Sent(NamedTuple):
+    """A request the proxy forwarded, with its body (recorded with record_bodies=True)."""
+
+    method: str
+    path: str  # without the query
+    headers: dict[str, str]  # names in lower case
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -167,6 +182,13 @@ class _NextFaults:
     delay: float
 
 
+@dataclass
+class _BeforeNext:
+    callback: Callable[[], None]
+    method: str | None
+    path_regex: str | None
+
+
 def _check_kind(kind: str) -> None:
     if kind not in FAULT_KINDS:
         raise ValueError(f"unknown fault kind {kind!r}; expected one of {FAULT_KINDS}")
@@ -202,8 +224,10 @@ class Proxy:
 
     latency, rate limits and faults apply in that order to every request: sleep `latency`,
     answer 403 if over a rate limit (not forwarded; counted in `rejected`), inject a fault if
-    one is due (counted in `injected`), else forward. `clock` and `sleep` are injectable so
-    tests are deterministic. `latency` and `faults` may be changed while running.
+    one is due (counted in `injected`), else run the callback due before it (`before_next`)
+    and forward. `clock` and `sleep` are injectable so tests are deterministic. `latency` and
+    `faults` may be changed while running. With `record_bodies`, `sent()` holds every
+    forwarded request with its headers and body.
     """
 
     def __init__(
@@ -214,6 +238,7 @@ class Proxy:
         rate_limits: Sequence[RateLimit] = (),
         faults: FaultPlan | None = None,
         rewrite_urls: bool = False,
+        record_bodies: bool = False,
         host: str = "127.0.0.1",
         port: int = 0,
         clock: Callable[[], float] = time.monotonic,
@@ -231,6 +256,7 @@ class Proxy:
         # Also rewrite the upstream's own URL in JSON answers (fake-gcs-server's mediaLink and
         # selfLink name it), so that clients following them stay on the proxy.
         self.rewrite_urls = rewrite_urls
+        self.record_bodies = record_bodies
         self._clock = clock
         self._sleep = sleep
         self._host = host
@@ -243,6 +269,8 @@ class Proxy:
         self._injected = 0
         self._windows: dict[tuple[int, str], deque[float]] = {}
         self._next_faults: list[_NextFaults] = []
+        self._before_next: list[_BeforeNext] = []
+        self._sent: list[Sent] = []
         self._faults: FaultPlan | None = None
         self._rng = random.Random(0)
         self.faults = faults
@@ -305,6 +333,12 @@ class Proxy:
     def writes(self) -> list[Recorded]:
         return [r for r in self.requests() if r.method in WRITE_METHODS]
 
+    def sent(self) -> list[Sent]:
+        """Every forwarded request with its body, in the order they were forwarded (needs
+        record_bodies=True; rejected requests and injected faults were not forwarded)."""
+        with self._lock:
+            return list(self._sent)
+
     def count(self, reads: bool | None = None) -> int:
         """All requests (None), reads only (True: GET, HEAD) or writes only (False)."""
         if reads is None:
@@ -328,6 +362,7 @@ class Proxy:
         they model the server's state, not the test's bookkeeping."""
         with self._lock:
             self._records.clear()
+            self._sent.clear()
             self._rejected = 0
             self._injected = 0
 
@@ -360,7 +395,32 @@ class Proxy:
         with self._lock:
             self._next_faults.append(_NextFaults(n, kind, method, path_regex, delay))
 
+    def before_next(
+        self, callback: Callable[[], None], *, method: str | None = None, path_regex: str | None = None
+    ) -> None:
+        """Run `callback()` once, in the proxy's handler thread, right before the next request
+        matching method (a fullmatched regex) and path_regex (re.search) is forwarded: the
+        client has sent it and waits, the upstream has not seen it. A test's second writer acts
+        there, between a client's read and its write. An exception in the callback answers
+        that request 502; the callback's own requests should go straight to the upstream."""
+        with self._lock:
+            self._before_next.append(_BeforeNext(callback, method, path_regex))
+
     # -- internals, called from handler threads ----------------------------------------
+
+    def _callback_for(self, method: str, path: str) -> Callable[[], None] | None:
+        with self._lock:
+            for hook in self._before_next:
+                if _matches(hook.method, hook.path_regex, method, path):
+                    self._before_next.remove(hook)
+                    return hook.callback
+        return None
+
+    def _record_sent(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes) -> None:
+        if self.record_bodies:
+            sent = Sent(method, path, {k.lower(): v for k, v in headers}, body)
+            with self._lock:
+                self._sent.append(sent)
 
     def _record(self, method: str, path: str, status: int | None) -> None:
         with self._lock:
@@ -509,6 +569,15 @@ class _Handler(BaseHTTPRequestHandler):
         elif kind in _FAULT_RESPONSES:
             self._answer(method, path, _FAULT_RESPONSES[kind])
             return
+        callback = proxy._callback_for(method, path)
+        if callback is not None:
+            try:
+                callback()
+            except Exception:
+                self._answer(
+                    method, path, (502, "UNAVAILABLE", "badGateway", "global", "proxy: callback failed")
+                )
+                raise
         self._forward(method, path, target, body, drop_response=kind == "drop_after")
 
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _handle
@@ -571,6 +640,7 @@ class _Handler(BaseHTTPRequestHandler):
         headers.append(("Host", proxy._upstream_netloc))
         if has_body:
             headers.append(("Content-Length", str(len(body))))
+        proxy._record_sent(method, path, headers, body)
 
         conn, reused = proxy._take_connection()
         try:

@@ -620,9 +620,9 @@ def test_patch_holds_only_the_labels_when_only_labels_change() -> None:
     plan = plan_table(declared, actual)
 
     assert plan.action is Action.UPDATE
-    # The whole resulting map: the undeclared "owner" is kept (never set to None), so the patch
-    # is right whether the API merges label maps or replaces them.
-    assert plan.patch == {"labels": {"domain": "finance", "owner": "dlp", "team": "core"}}
+    # Only declared labels that differ: a patch merges label maps, so the undeclared "owner" is
+    # neither sent nor set to None (which would remove it).
+    assert plan.patch == {"labels": {"domain": "finance", "team": "core"}}
 
 
 def test_patch_values_for_table_properties() -> None:
@@ -746,7 +746,7 @@ def test_plan_dataset(
 def test_plan_dataset_patch() -> None:
     actual = DatasetSpec("tenants", "US", "", (("platform", "old"), ("billing", "x")))
     plan = plan_dataset(DATASET, actual)
-    assert plan.patch == {"description": "Registry.", "labels": {"platform": "convergence", "billing": "x"}}
+    assert plan.patch == {"description": "Registry.", "labels": {"platform": "convergence"}}
     cleared = plan_dataset(DatasetSpec("tenants", "US"), DatasetSpec("tenants", "US", "Old."))
     assert cleared.patch == {"description": None}
 

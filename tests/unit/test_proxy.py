@@ -400,6 +400,41 @@ def test_fail_next_only_hits_matching_requests(upstream, session):
         proxy.fail_next(1, "teapot")  # type: ignore[arg-type]
 
 
+def test_forwarded_bodies_are_recorded_when_asked(upstream, session):
+    with Proxy(upstream.url, record_bodies=True) as proxy:
+        session.patch(
+            f"{proxy.url}{TABLES}/t?fields=x", json={"labels": {"a": "b"}}, headers={"If-Match": "e1"}
+        )
+        session.get(f"{proxy.url}{TABLES}/t")
+        proxy.fail_next(1, "503")
+        session.post(f"{proxy.url}{TABLES}", data=b"never forwarded")
+        [patch, get] = proxy.sent()
+        assert (patch.method, patch.path, patch.json()) == ("PATCH", f"{TABLES}/t", {"labels": {"a": "b"}})
+        assert patch.headers["if-match"] == "e1"
+        assert (get.method, get.body) == ("GET", b"")
+        proxy.reset()
+        assert proxy.sent() == []
+    with Proxy(upstream.url) as proxy:
+        session.post(f"{proxy.url}/x", data=b"body")
+        assert proxy.sent() == []  # off by default
+
+
+def test_before_next_runs_once_before_the_matching_request_is_forwarded(upstream, session):
+    seen_by_upstream: list[int] = []
+    with Proxy(upstream.url) as proxy:
+        proxy.before_next(
+            lambda: seen_by_upstream.append(len(upstream.hits)), method="PATCH", path_regex=r"/t$"
+        )
+        session.get(f"{proxy.url}{TABLES}/t")
+        session.patch(f"{proxy.url}{TABLES}/other", data=b"{}")
+        assert seen_by_upstream == []
+        session.patch(f"{proxy.url}{TABLES}/t", data=b"{}")
+        assert seen_by_upstream == [2]  # ran after the GET and the other PATCH, before this one
+        session.patch(f"{proxy.url}{TABLES}/t", data=b"{}")
+        assert seen_by_upstream == [2]  # once
+        assert [h["method"] for h in upstream.hits] == ["GET", "PATCH", "PATCH", "PATCH"]
+
+
 def _statuses(upstream_url: str, plan: FaultPlan, paths: list[str]) -> tuple[list, int]:
     with Proxy(upstream_url, faults=plan) as proxy, requests.Session() as s:
         for path in paths:

@@ -1,0 +1,162 @@
+"""local-bigquery's own command line, with four answers corrected to BigQuery's.
+
+The local stack runs ``.venv-emulator/bin/python -P deploy/local/bigquery_emulator.py serve ...``
+(Python 3.13, local-bigquery's environment: this file imports nothing of the project). It takes
+the same arguments as ``local-bigquery`` and serves the same emulator, except where local-bigquery
+0.3.2 answers writers that race each other differently from BigQuery. Both are how a writer
+learns that it lost a race, which the engine resolves by comparing again:
+
+- **A lost create.** Of several concurrent creates of one dataset or table, BigQuery answers one
+  with 200 and the others with 409 "Already Exists". local-bigquery answers some of the losers
+  400 "Failed to commit DuckLake transaction" (DuckDB's commit of the second CREATE finds the
+  first one's). That error, recognised by DuckDB's own message naming the create and the other
+  transaction, is answered 409, as BigQuery answers it.
+- **A patch whose etag went stale meanwhile.** BigQuery applies a patch carrying an etag
+  (If-Match) only if the resource still has that etag, atomically: of concurrent patches read at
+  the same etag, one is applied and the others are answered 412. local-bigquery checks the etag,
+  then writes, with nothing held in between: concurrent patches all pass the check, then
+  overwrite each other (each answered 200) or fail with 400 "Failed to commit DuckLake
+  transaction". Here the patches (and updates) of one table, or of one dataset, take a lock
+  around the check and the write, so each one checks the etag the previous one left.
+
+- **A connection after an error answer.** local-bigquery answers a DuckDB error (such as
+  "already exists", 409) from Starlette's last-resort handler, which then re-raises, and uvicorn
+  closes the keep-alive connection right after the answer: the client's next request on it
+  fails with a reset connection. Here DuckDB errors are answered by the same function, as an
+  ordinary exception handler, and the connection stays open, as BigQuery's does.
+
+- **A table that a job creates.** BigQuery fixes a table's creation time, last-modified time,
+  etag and expiration (from the dataset's default) when a copy, query or load job creates it.
+  local-bigquery records nothing for such a table until it is patched, and computes those as of
+  each read: the table seems modified at every read, and never expires. Here its metadata is
+  recorded when the job creates it, as for a table created by tables.insert.
+
+One more change is for speed only, with the same answers: local-bigquery looks a table up by
+listing every table of every project through DuckDB (`duckdb_tables()`), which takes hundreds
+of milliseconds once a few hundred tables exist (the benchmark makes thousands). Here a
+project's tables and views are read from DuckLake's own catalog tables, and a table's row
+count is counted.
+
+Nothing else is changed. ``tests/integration/test_stack.py`` checks these answers against the
+emulator.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import re
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import duckdb
+from local_bigquery import errors
+from local_bigquery.catalog import datasets, metadata, tables
+from local_bigquery.cli import main
+from local_bigquery.engine import database
+from local_bigquery.models import Table
+
+# DuckDB 1.5.5 / DuckLake: 'attempting to create schema with name "d" - but another transaction
+# has created a schema with this name already', 'attempting to create table "t" in schema "d" -
+# but this table has been created by another transaction already'.
+_LOST_CREATE = re.compile(
+    r'Transaction conflict - attempting to create (?P<kind>schema|table) (?:with name )?"(?P<name>[^"]+)"'
+    r'(?: in schema "(?P<schema>[^"]+)")?[^\n]*(?:another transaction|by another)'
+)
+_from_duckdb = errors.from_duckdb
+
+
+def _from_duckdb_as_bigquery(
+    error: Exception, context: object = None, tree: object = None
+) -> errors.BigQueryError:
+    lost = _LOST_CREATE.search(str(error))
+    if lost is None:
+        return _from_duckdb(error, context, tree)
+    if lost["kind"] == "schema":
+        return errors.already_exists("Dataset", lost["name"])
+    return errors.already_exists("Table", f"{lost['schema']}.{lost['name']}")
+
+
+_locks: dict[tuple[str, ...], threading.Lock] = {}
+_locks_lock = threading.Lock()
+
+
+def _one_at_a_time(update: Callable[..., Any], keys: int) -> Callable[..., Any]:
+    """`update`, holding a lock per resource (its first `keys` arguments: the ids)."""
+
+    @functools.wraps(update)
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        key = (update.__module__, *(str(a).casefold() for a in args[:keys]))
+        with _locks_lock:
+            lock = _locks.setdefault(key, threading.Lock())
+        with lock:
+            return update(*args, **kwargs)
+
+    return locked
+
+
+errors.from_duckdb = _from_duckdb_as_bigquery  # what errors.from_exception calls for DuckDB errors
+# What the API's patch and update handlers call (as tables.update / datasets.update).
+tables.update = _one_at_a_time(tables.update, keys=3)  # project, dataset, table
+datasets.update = _one_at_a_time(datasets.update, keys=2)  # project, dataset
+
+_annotate = tables.annotate
+
+
+def _annotate_recording_new_tables(reference: tuple[str, str, str], changes: Table) -> None:
+    """What a job's write calls after writing `reference`: a table it created gets its metadata."""
+    if not changes.model_fields_set and metadata.load(Table, *reference) is None:
+        tables.record(*reference, tables.defaults(*reference))
+        return
+    _annotate(reference, changes)
+
+
+tables.annotate = _annotate_recording_new_tables  # called as annotate() inside tables.write()
+_objects = database.objects
+_CATALOG = """
+SELECT t.table_name, 'TABLE' FROM {meta}.ducklake_table t
+JOIN {meta}.ducklake_schema s ON s.schema_id = t.schema_id AND s.end_snapshot IS NULL
+WHERE t.end_snapshot IS NULL AND s.schema_name = $1 AND t.table_name = coalesce($2, t.table_name)
+UNION ALL
+SELECT v.view_name, 'VIEW' FROM {meta}.ducklake_view v
+JOIN {meta}.ducklake_schema s ON s.schema_id = v.schema_id AND s.end_snapshot IS NULL
+WHERE v.end_snapshot IS NULL AND s.schema_name = $1 AND v.view_name = coalesce($2, v.view_name)
+ORDER BY 1
+"""
+
+
+def _objects_from_the_catalog(
+    project_id: str, dataset_id: str, table_id: str | None = None
+) -> list[tuple[str, str, int]]:
+    """database.objects: (name, TABLE or VIEW, rows) of a dataset's tables and views, or of one.
+    Rows are counted for a table asked for by name (the only caller that reads them), 0 in a
+    listing. Databases that are not DuckLake projects (the emulator's own) go the original way."""
+    kind = database.fetch("SELECT type FROM duckdb_databases() WHERE database_name = $1", [project_id])
+    if kind != [("ducklake",)]:
+        return _objects(project_id, dataset_id, table_id)
+    # DuckLake's catalog tables, in the database it attaches for them (not listed, but queryable).
+    meta = database.quote(f"__ducklake_metadata_{project_id}")
+    rows = database.fetch(_CATALOG.format(meta=meta), [dataset_id, table_id])
+    found = []
+    for name, kind in rows:
+        count = 0
+        if kind == "TABLE" and table_id is not None:
+            try:
+                [(count,)] = database.fetch(
+                    f"SELECT count(*) FROM {database.quote(project_id, dataset_id, name)}"
+                )
+            except duckdb.CatalogException:  # dropped in between
+                continue
+        found.append((name, kind, count))
+    return found
+
+
+database.objects = _objects_from_the_catalog  # called as database.objects() by the catalog
+_application = importlib.import_module("local_bigquery.app")  # the module (the package exports `app`)
+_application.app.add_exception_handler(duckdb.Error, _application.handle_error)
+
+if __name__ == "__main__":
+    sys.argv[0] = "local-bigquery"
+    sys.exit(main())
