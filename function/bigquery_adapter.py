@@ -23,6 +23,7 @@ from google.cloud import bigquery
 from .config import REQUEST_TIMEOUT, Settings
 from .errors import PermanentError
 from .model import Column, DatasetSpec, TableSpec, TimePartitioning, canonical_type, sorted_labels
+from .plan import Patch, Property
 from .ratelimit import RateLimitedAdapter, RateLimiter, shared_limiter
 from .retries import make_retry, translate
 
@@ -136,13 +137,17 @@ class BigQueryAdapter:
             return False
         return True
 
-    def patch_dataset(self, ds: bigquery.Dataset, patch: dict[str, Any]) -> bool:
-        """datasets.patch of exactly the changed properties, conditioned on the etag read;
-        False when the dataset changed meanwhile (412)."""
-        for name, value in patch.items():
-            setattr(ds, name, value)
+    def patch_dataset(self, ds: bigquery.Dataset, patch: Patch) -> bool:
+        """datasets.patch of exactly the changed properties (description, labels), conditioned
+        on the etag read; False when the dataset changed meanwhile (412)."""
+        fields = []
+        for prop, value in patch.items():
+            if prop not in (Property.DESCRIPTION, Property.LABELS):
+                raise ValueError(f"a dataset has no {prop}")  # a bug of the plan's, not an API answer
+            setattr(ds, prop.value, value)
+            fields.append(prop.value)
         try:
-            self._expect_race(f"update dataset {ds.dataset_id}", self.client.update_dataset, ds, list(patch))
+            self._expect_race(f"update dataset {ds.dataset_id}", self.client.update_dataset, ds, fields)
         except gexc.PreconditionFailed:
             return False
         return True
@@ -191,22 +196,10 @@ class BigQueryAdapter:
             return False
         return True
 
-    def patch_table(self, table: bigquery.Table, patch: dict[str, Any]) -> bool:
+    def patch_table(self, table: bigquery.Table, patch: Patch) -> bool:
         """tables.patch of exactly the changed properties, conditioned on the etag read; False
         when the table changed meanwhile (412): the caller re-reads and plans again."""
-        fields = []
-        for name, value in patch.items():
-            if name == "schema":
-                table.schema = [bigquery.SchemaField.from_api_repr(c.to_api()) for c in value]
-            elif name == "partition_expiration_ms":
-                tp = table.time_partitioning
-                table.time_partitioning = bigquery.TimePartitioning(
-                    type_=tp.type_, field=tp.field, expiration_ms=value
-                )
-                name = "time_partitioning"
-            else:
-                setattr(table, name, value)
-            fields.append(name)
+        fields = [_set_table_property(table, prop, value) for prop, value in patch.items()]
         try:
             self._expect_race(f"update table {table.table_id}", self.client.update_table, table, fields)
         except gexc.PreconditionFailed:
@@ -270,6 +263,30 @@ class BigQueryAdapter:
             return self._call(what, method, *args)
         except (gexc.NotFound, gexc.Conflict) as exc:
             raise PermanentError(f"BigQuery refused to {what}: {exc.message}") from exc
+
+
+def _set_table_property(table: bigquery.Table, prop: Property, value: Any) -> str:
+    """Set one planned change on the client's Table; the API field it patches."""
+    if prop is Property.COLUMNS:
+        table.schema = [bigquery.SchemaField.from_api_repr(c.to_api()) for c in value]
+        return "schema"
+    if prop is Property.PARTITION_EXPIRATION_MS:
+        tp = table.time_partitioning
+        table.time_partitioning = bigquery.TimePartitioning(
+            type_=tp.type_, field=tp.field, expiration_ms=value
+        )
+        return "time_partitioning"
+    if prop is Property.CLUSTERING:
+        table.clustering_fields = list(value) if value else None
+        return "clustering_fields"
+    attribute = {
+        Property.DESCRIPTION: "description",
+        Property.LABELS: "labels",
+        Property.REQUIRE_PARTITION_FILTER: "require_partition_filter",
+        Property.EXPIRES: "expires",
+    }[prop]
+    setattr(table, attribute, value)
+    return attribute
 
 
 # --- conversions between the API's resources and the normalised model -----------------------

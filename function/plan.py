@@ -27,14 +27,28 @@ class Action(StrEnum):
     RECREATE = "recreate"
 
 
+class Property(StrEnum):
+    """What a patch changes, in the plan's own words; the adapter maps each to the API."""
+
+    COLUMNS = "columns"  # the whole resulting schema (tuple[Column, ...])
+    DESCRIPTION = "description"  # str, None to clear it
+    LABELS = "labels"  # only the labels that change: a patch merges label maps
+    CLUSTERING = "clustering"  # tuple of column names, None to remove clustering
+    PARTITION_EXPIRATION_MS = "partition_expiration_ms"  # int, None to remove it
+    REQUIRE_PARTITION_FILTER = "require_partition_filter"  # bool
+    EXPIRES = "expires"  # None: the table's expiration is removed
+
+
+Patch = dict[Property, Any]
+
+
 @dataclass(frozen=True)
 class TablePlan:
     table: str
     action: Action
     changes: tuple[str, ...] = ()  # what will change, in words
     blocked: tuple[str, ...] = ()  # why it cannot change in place
-    patch: dict[str, Any] = field(default_factory=dict)  # Table property -> new value
-    declared: TableSpec | None = None
+    patch: Patch = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -43,49 +57,48 @@ class DatasetPlan:
     action: Action
     changes: tuple[str, ...] = ()
     blocked: tuple[str, ...] = ()
-    patch: dict[str, Any] = field(default_factory=dict)  # Dataset property -> new value
+    patch: Patch = field(default_factory=dict)  # DESCRIPTION and LABELS only
 
 
 def plan_table(declared: TableSpec, actual: TableSpec | None, *, recreate: bool = False) -> TablePlan:
     """Classify what it takes to bring `actual` (None: missing) to `declared`."""
     if actual is None:
-        return TablePlan(declared.name, Action.CREATE, (describe_table(declared),), declared=declared)
+        return TablePlan(declared.name, Action.CREATE, (describe_table(declared),))
     if recreate:
         return TablePlan(
             declared.name,
             Action.RECREATE,
             ("drop and recreate: " + describe_table(declared),),
-            declared=declared,
         )
     changes: list[str] = []
     blocked: list[str] = []
-    patch: dict[str, Any] = {}
+    patch: Patch = {}
 
     merged = _diff_columns(declared.columns, actual.columns, "", changes, blocked)
     if merged != actual.columns:
-        patch["schema"] = merged
+        patch[Property.COLUMNS] = merged
     _diff_metadata(declared, actual, "", changes, patch)
     _diff_partitioning(declared, actual, changes, blocked, patch)
     if tuple(c.lower() for c in declared.clustering) != tuple(c.lower() for c in actual.clustering):
         changes.append(f"clustering: {_columns(actual.clustering)} -> {_columns(declared.clustering)}")
-        patch["clustering_fields"] = list(declared.clustering) or None
+        patch[Property.CLUSTERING] = declared.clustering or None
     if declared.require_partition_filter != actual.require_partition_filter:
         changes.append(
             "require partition filter: "
             f"{_yes(actual.require_partition_filter)} -> {_yes(declared.require_partition_filter)}"
         )
-        patch["require_partition_filter"] = declared.require_partition_filter
+        patch[Property.REQUIRE_PARTITION_FILTER] = declared.require_partition_filter
     if actual.expires_ms is not None:  # declared tables never expire (see TableSpec.expires_ms)
         changes.append(
             f"table expiration: {_instant(actual.expires_ms)} -> none (the table would be deleted)"
         )
-        patch["expires"] = None
+        patch[Property.EXPIRES] = None
 
     if blocked:
-        return TablePlan(declared.name, Action.BLOCKED, tuple(changes), tuple(blocked), declared=declared)
+        return TablePlan(declared.name, Action.BLOCKED, tuple(changes), tuple(blocked))
     if not changes:
-        return TablePlan(declared.name, Action.UNCHANGED, declared=declared)
-    return TablePlan(declared.name, Action.UPDATE, tuple(changes), (), patch, declared)
+        return TablePlan(declared.name, Action.UNCHANGED)
+    return TablePlan(declared.name, Action.UPDATE, tuple(changes), (), patch)
 
 
 def plan_dataset(declared: DatasetSpec, actual: DatasetSpec | None, *, recreate: bool = False) -> DatasetPlan:
@@ -97,7 +110,7 @@ def plan_dataset(declared: DatasetSpec, actual: DatasetSpec | None, *, recreate:
             declared.name, Action.RECREATE, ("drop the dataset with every table, and recreate it",)
         )
     changes: list[str] = []
-    patch: dict[str, Any] = {}
+    patch: Patch = {}
     if declared.location.lower() != actual.location.lower():
         return DatasetPlan(
             declared.name,
@@ -186,7 +199,7 @@ def _diff_partitioning(
     actual: TableSpec,
     changes: list[str],
     blocked: list[str],
-    patch: dict[str, Any],
+    patch: Patch,
 ) -> None:
     want, have = declared.partitioning, actual.partitioning
     if want is None and have is None:
@@ -214,7 +227,7 @@ def _diff_partitioning(
         )
         return
     changes.append(words)
-    patch["partition_expiration_ms"] = want.expiration_ms
+    patch[Property.PARTITION_EXPIRATION_MS] = want.expiration_ms
 
 
 def _diff_metadata(
@@ -222,13 +235,13 @@ def _diff_metadata(
     actual: TableSpec | DatasetSpec,
     prefix: str,
     changes: list[str],
-    patch: dict[str, Any],
+    patch: Patch,
 ) -> None:
     """Description and labels, alike for tables and datasets. Declared labels are enforced;
     labels that other tools set (billing, DLP) are left alone."""
     if declared.description != actual.description:
         changes.append(f"{prefix}description: {_quote(actual.description)} -> {_quote(declared.description)}")
-        patch["description"] = declared.description or None
+        patch[Property.DESCRIPTION] = declared.description or None
     have = actual.label_dict
     labels = {k: v for k, v in sorted(declared.label_dict.items()) if have.get(k) != v}
     for key, value in labels.items():
@@ -238,7 +251,7 @@ def _diff_metadata(
         )
     if labels:
         # Only the labels that change: a patch merges label maps, so other tools' labels stay.
-        patch["labels"] = labels
+        patch[Property.LABELS] = labels
 
 
 def _kind(column: Column) -> str:

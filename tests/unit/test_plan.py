@@ -20,7 +20,7 @@ from google.cloud import bigquery
 
 from function.bigquery_adapter import table_spec
 from function.model import Column, DatasetSpec, TableSpec, TimePartitioning
-from function.plan import Action, plan_dataset, plan_table
+from function.plan import Action, Property, plan_dataset, plan_table
 from function.schema_files import load_declared_state
 
 DAY_MS = 86_400_000
@@ -550,7 +550,6 @@ def test_plan_table(c: Case) -> None:
         assert plan.patch, "an update must carry a patch"
     else:
         assert plan.patch == {}, "only an update patches the table"
-    assert plan.declared == declared
 
 
 # --- the patch an update sends ---------------------------------------------------------------
@@ -573,9 +572,9 @@ def test_patch_schema_keeps_existing_order_and_appends_new_columns() -> None:
 
     assert plan.action is Action.UPDATE
     expected = [f["name"] for f in DECLARED_FIELDS] + ["zeta", "alpha"]
-    assert _names(plan.patch["schema"]) == expected
-    assert set(plan.patch) == {"schema"}
-    api = [c.to_api() for c in plan.patch["schema"]]
+    assert _names(plan.patch[Property.COLUMNS]) == expected
+    assert set(plan.patch) == {Property.COLUMNS}
+    api = [c.to_api() for c in plan.patch[Property.COLUMNS]]
     assert api[-1] == {"name": "alpha", "type": "INTEGER", "mode": "REPEATED"}
 
 
@@ -584,7 +583,7 @@ def test_patch_schema_merges_new_sub_fields_into_the_existing_record() -> None:
 
     plan = plan_table(declared, actual_spec())
 
-    meta_col = next(c for c in plan.patch["schema"] if c.name == "meta")
+    meta_col = next(c for c in plan.patch[Property.COLUMNS] if c.name == "meta")
     assert _names(meta_col.fields) == ["source", "seen_at", "region"]
     assert meta_col.fields[-1] == Column("region", "STRING", "NULLABLE", "Region.")
 
@@ -599,7 +598,7 @@ def test_patch_schema_preserves_extra_attributes_of_existing_columns() -> None:
     plan = plan_table(declared, actual)
 
     assert plan.action is Action.UPDATE
-    by_name = {c.name: c for c in plan.patch["schema"]}
+    by_name = {c.name: c for c in plan.patch[Property.COLUMNS]}
     assert by_name["tenant_id"].mode == "NULLABLE"
     tenant_api = by_name["tenant_id"].to_api()
     assert tenant_api["policyTags"] == tags
@@ -637,7 +636,7 @@ def test_patch_values_for_table_properties() -> None:
 
     assert plan.patch == {
         "description": None,
-        "clustering_fields": ["usage_date", "tenant_id"],
+        Property.CLUSTERING: ("usage_date", "tenant_id"),
         "partition_expiration_ms": 60 * DAY_MS,
         "require_partition_filter": True,
     }
@@ -645,7 +644,7 @@ def test_patch_values_for_table_properties() -> None:
 
 def test_patch_removes_clustering_with_none() -> None:
     plan = plan_table(declared_spec(meta(clustering=None)), actual_spec())
-    assert plan.patch == {"clustering_fields": None}
+    assert plan.patch == {Property.CLUSTERING: None}
 
 
 def test_blocked_plan_keeps_no_patch_even_with_in_place_changes() -> None:
