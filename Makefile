@@ -38,8 +38,9 @@ test: venv lint
 demo: venv
 	$(PY) -m deploy.local.demo
 
+# STACK_ARGS: the stack's own flags (--no-function, --empty, --workdir DIR).
 stack: venv
-	$(PY) -m deploy.local.stack
+	$(PY) -m deploy.local.stack $(STACK_ARGS)
 
 # The quick set: against local-bigquery the 200-table set is bound by the emulator and does not
 # finish (README, Performance). `.venv/bin/python -m tests.benchmarks --help` for the others.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 import uuid
@@ -39,7 +40,10 @@ NEW_COLUMN = {
 
 def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bootstrap-demo-"))
-    step("Starting the local stack (Pub/Sub emulator, local-bigquery, fake-gcs-server, functions-framework)")
+    step(
+        "Starting the local stack (Pub/Sub emulator, local-bigquery, fake-gcs-server, functions-framework); "
+        f"logs in {workdir}"
+    )
     with Stack(StackConfig(workdir=workdir)) as stack:
         os.environ.update(stack.env)  # the operator's tools below read the standard variables
         config = stack.config
@@ -76,7 +80,8 @@ def main() -> int:
         finally:
             watch.close()
         step("Stopping the stack")
-    print("\nDone. `make stack` keeps the stack running for your own experiments.")
+    shutil.rmtree(workdir)  # its logs are kept only when something failed (see below)
+    print('\nDone. `make stack` keeps the stack running for your own runs (README: "Your own runs").')
     return 0
 
 
@@ -92,7 +97,8 @@ def wait(watch: CompletionWatch, request_id: str) -> dict[str, Any]:
     print()
     if event is None:
         raise SystemExit(
-            f"no completion event for {request_id} within 180 s; see the logs in the stack's workdir"
+            f"no completion event for {request_id} within 180 s; the stack's logs are kept in the "
+            "folder named when it started"
         )
     print(f"  received {event['type']}")
     return event.data

@@ -609,8 +609,7 @@ class Stack:
         env = {"GOOGLE_CLOUD_PROJECT": cfg.project, "COMPLETION_TOPIC": cfg.completion_topic}
         if "pubsub" in components:
             env["PUBSUB_EMULATOR_HOST"] = f"{HOST}:{self._ports['pubsub']}"
-            env["REQUESTS_TOPIC"] = cfg.requests_topic
-            env["COMPLETION_SUBSCRIPTION"] = cfg.completion_subscription
+            env["BOOTSTRAP_REQUESTS_TOPIC"] = cfg.requests_topic  # where `publish` sends
         if "storage" in components:
             env["STORAGE_EMULATOR_HOST"] = self._url("storage")
             prefix = cfg.schema_prefix.strip("/")
@@ -784,7 +783,10 @@ class Stack:
             client.close()
 
     def _write_env_file(self) -> None:
+        """`source`d by a shell: the stack's variables, and this environment's tools on PATH
+        (`python -m function`, `functions-framework`)."""
         lines = [f"export {k}={shlex.quote(v)}" for k, v in self._env.items()]
+        lines.append(f'export PATH={shlex.quote(str(Path(sys.executable).parent))}:"$PATH"')
         (self.config.workdir / "env").write_text("\n".join(lines) + "\n")
 
     # ---- stop -----------------------------------------------------------------------------
@@ -842,14 +844,44 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+_GUIDE = """
+The stack is running; Ctrl-C stops it. In another shell:
+  source {workdir}/env                     # these variables, and this environment on PATH
+  python -m function plan                  # compare {source} with BigQuery
+  python -m function events --follow       # watch the function's runs (uploads run it too)
+  python -m function sync --from schemas   # upload edited schemas: says first what they will do
+Logs: {workdir}/function.log (the function's JSON lines), and one per emulator beside it."""
+
+
+def _seed(stack: Stack) -> None:
+    """The bundled schemas in the schema bucket, as deploy.sh seeds it: before the upload
+    trigger runs the function on them."""
+    from function.config import BUNDLED_SCHEMAS
+    from function.sync import sync_folder
+
+    source = stack.env.get("SCHEMA_SOURCE")
+    if source is None:
+        return
+    with stack.upload_trigger_detached():
+        uploaded = sync_folder(stack.storage_client(), BUNDLED_SCHEMAS, source)
+    log.info("seeded %s with %d bundled schema files", source, len(uploaded))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m deploy.local.stack",
         description="Run the emulators and the function locally, in the foreground.",
     )
     parser.add_argument("--project", default=StackConfig.project)
-    parser.add_argument("--no-function", action="store_true", help="emulators only")
-    parser.add_argument("--workdir", type=Path, default=StackConfig.workdir)
+    parser.add_argument(
+        "--no-function", action="store_true", help="emulators only (to run functions-framework yourself)"
+    )
+    parser.add_argument(
+        "--empty", action="store_true", help="leave the schema bucket empty (default: the bundled schemas/)"
+    )
+    parser.add_argument(
+        "--workdir", type=Path, default=StackConfig.workdir, help="logs and .env (default: .stack)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
@@ -860,10 +892,11 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGHUP, _raise_interrupt)
     try:
         stack.start()
+        if not args.empty:
+            _seed(stack)
         for name, value in stack.env.items():
             print(f"export {name}={shlex.quote(value)}", flush=True)
-        env_file = stack.config.workdir / "env"
-        log.info("\n`source %s` configures another shell. Ctrl-C stops the stack.", env_file)
+        log.info(_GUIDE.format(workdir=stack.config.workdir, source=stack.env.get("SCHEMA_SOURCE", "")))
         reported: set[str] = set()
         while True:
             for name, piece in stack._pieces.items():

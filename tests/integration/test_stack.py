@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
 
 from deploy.local import stack as stack_module
 from deploy.local.stack import HOST, REPO_ROOT, Stack, StackConfig, StackError
@@ -571,4 +573,48 @@ def test_command_line_runs_until_sigterm(tmp_path: Path, process_marker: str) ->
     assert "export BIGQUERY_EMULATOR_HOST=" in stdout
     assert "bigquery ready on 127.0.0.1:" in stderr
     assert not env_file.exists()
+    assert processes_with_env(process_marker) == []
+
+
+def test_make_stack_seeds_the_bucket_and_says_how_to_use_it(tmp_path: Path, process_marker: str) -> None:
+    """What `make stack` gives a new user: a schema bucket holding the bundled schemas (so the
+    first `plan` has something to compare), an env file that also puts this environment's tools
+    on PATH, and a guide to the next commands."""
+    workdir = tmp_path / "work"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "deploy.local.stack", "--no-function", "--workdir", str(workdir)],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        env_file = workdir / "env"
+        wait_for(lambda: env_file.exists() or process.poll() is not None, "the env file")
+        lines = env_file.read_text().splitlines()
+        exported = dict(line.removeprefix("export ").split("=", 1) for line in lines)
+        client = storage.Client(
+            project="local-project",
+            credentials=AnonymousCredentials(),
+            client_options={"api_endpoint": exported["STORAGE_EMULATOR_HOST"]},
+        )
+        bundled = sorted(p.name for p in (REPO_ROOT / "schemas").iterdir())
+
+        def seeded() -> bool:
+            return (
+                sorted(b.name.removeprefix("schemas/") for b in client.list_blobs("tenant-schemas"))
+                == bundled
+            )
+
+        wait_for(seeded, "the bundled schemas in the bucket")
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=DEADLINE_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert f'export PATH={Path(sys.executable).parent}:"$PATH"' in lines
+    assert exported["BOOTSTRAP_REQUESTS_TOPIC"] == "bootstrap-requests"
+    assert f"seeded gs://tenant-schemas/schemas/ with {len(bundled)} bundled schema files" in stderr
+    assert "python -m function events --follow" in stderr and f"{workdir}/function.log" in stderr
     assert processes_with_env(process_marker) == []
