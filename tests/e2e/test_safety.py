@@ -150,9 +150,10 @@ def test_backups_are_listed_and_restored_without_overwriting_rows(stack, inbox):
     assert rows(stack, "profiles_restored") == ["tenant-30", "tenant-31"]
 
     unconfirmed = run_cli(stack, "restore", name, "--force")
-    assert unconfirmed.returncode == 1 and "confirm" in unconfirmed.stderr
+    assert unconfirmed.returncode == 1
+    assert "pass --confirm tenants (the dataset id)" in unconfirmed.stderr  # the CLI's words, not JSON's
     not_allowed = run_cli(stack, "restore", name, "--force", "--confirm", "tenants")
-    assert not_allowed.returncode == 1 and "ALLOW_DESTRUCTIVE" in not_allowed.stderr
+    assert not_allowed.returncode == 1 and "pass --allow-destructive" in not_allowed.stderr
     assert rows(stack) == ["tenant-40"]
     before = backups(stack)
 

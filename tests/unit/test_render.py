@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from function.engine import EnsureResult, TableResult
-from function.render import exit_code, render
+from function.render import exit_code, render, render_event
 
 
 def _result(dry_run: bool) -> EnsureResult:
@@ -114,3 +114,34 @@ def test_no_tables() -> None:
 )
 def test_exit_codes_follow_plan_and_apply(status, dataset_action, actions, code) -> None:
     assert exit_code(status, dataset_action, actions) == code
+
+
+def test_an_event_shows_its_backups_and_whether_it_is_a_recorded_answer() -> None:
+    data = {
+        "request_id": "recreate-1",
+        "status": "succeeded",
+        "dry_run": False,
+        "dataset": "tenants",
+        "dataset_action": "unchanged",
+        "duration_ms": 812,
+        "duplicate": True,
+        "tables": [{"table": "tenant_profiles", "action": "recreated", "changes": [], "error": None}],
+        "backups": [
+            {
+                "table": "tenant_profiles",
+                "backup": "p.tenants_backups.tenant_profiles__20261130T120000Z__recreate_1_ab12cd34",
+                "rows": 3,
+                "created_at": "2026-11-30T12:00:00Z",
+                "expires_at": "2026-12-07T12:00:00Z",
+            }
+        ],
+    }
+
+    text = render_event(data)
+
+    assert text.startswith("request recreate-1: succeeded in 812 ms (duplicate: this request had already run")
+    assert "Backups taken (`python -m function restore BACKUP` copies one back):" in text
+    assert (
+        "  tenant_profiles__20261130T120000Z__recreate_1_ab12cd34  of tenant_profiles, 3 rows, expires 2026-12-07T12:00:00Z"
+        in text
+    )
