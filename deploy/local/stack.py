@@ -892,10 +892,10 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGHUP, _raise_interrupt)
     try:
         stack.start()
-        if not args.empty:
-            _seed(stack)
         for name, value in stack.env.items():
             print(f"export {name}={shlex.quote(value)}", flush=True)
+        if not args.empty:
+            _seed(stack)
         log.info(_GUIDE.format(workdir=stack.config.workdir, source=stack.env.get("SCHEMA_SOURCE", "")))
         reported: set[str] = set()
         while True:

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -401,13 +402,18 @@ def test_events_follow_shows_the_run_an_upload_started(stack, inbox, gcs, seeded
             subs = publisher.list_topic_subscriptions(request={"topic": topic})
             return [s for s in subs if "bootstrap-wait-" in s]
 
+        printed: list[str] = []
+        reader = threading.Thread(target=lambda: printed.extend(watcher.stdout), daemon=True)  # type: ignore[arg-type]
+        reader.start()
         wait_for(temporary, what="the watcher's subscription")
         columns = [*schema("tenant_subscriptions"), _column("watched_note")]
         generation = upload(gcs, "tenant_subscriptions.json", columns)
         request_id = f"{BUCKET}/{PREFIX}tenant_subscriptions.json#{generation}"
-        inbox.wait(request_id)
+        wait_for(lambda: any(request_id in line for line in printed), what="the event shown", timeout=120)
         watcher.send_signal(signal.SIGINT)
-        out, err = watcher.communicate(timeout=60)
+        _, err = watcher.communicate(timeout=60)
+        reader.join(timeout=10)
+        out = "".join(printed)
     finally:
         if watcher.poll() is None:
             watcher.kill()

@@ -257,7 +257,12 @@ def test_two_deliveries_racing_recreate_each_table_once(
     for t in threads:
         t.join()
 
-    assert sorted(type(r).__name__ for r in results) == ["EnsureResult", "Entry"], results
+    # The other delivery either waited for the first to finish and got its recorded answer, or
+    # was told to come back later (InProgress raises: Pub/Sub delivers it again).
+    assert sorted(type(r).__name__ for r in results) in (
+        ["EnsureResult", "Entry"],
+        ["EnsureResult", "InProgress"],
+    )
     assert drops(bigquery_proxy) == {t: 1 for t in TABLES}
     assert_every_row_survives(client, dataset_name, written)
 

@@ -331,11 +331,11 @@ def test_forced_recreation_with_all_three_consents_recreates(bigquery_proxy, dat
     assert row_count(client, dataset_name, "tenant_api_keys") == 0  # untouched: not selected
     # The backup holds the row and expires on its own, after BOOTSTRAP_BACKUP_TTL_DAYS (7).
     [backup] = result.backups
-    copy = client.get_table(backup.backup)
+    copy = client.get_table(backup["backup"])
     assert [r["tenant_id"] for r in client.list_rows(copy)] == ["tenant-1"]
     assert copy.expires is not None
-    assert copy.expires.isoformat().replace("+00:00", "Z")[:19] == backup.expires_at[:19]
-    created, expires = (datetime.fromisoformat(t) for t in (backup.created_at, backup.expires_at))
+    assert copy.expires.isoformat().replace("+00:00", "Z")[:19] == backup["expires_at"][:19]
+    created, expires = (datetime.fromisoformat(t) for t in (backup["created_at"], backup["expires_at"]))
     assert expires - created == timedelta(days=7)
     assert copy.labels == {"bootstrap-backup": "true"}
     assert json.loads(copy.description)["backup_of"] == f"{dataset_name}.{table}"
@@ -595,18 +595,19 @@ def test_the_partition_filter_requirement_and_partition_expiration_are_created_a
     assert apply(settings, strict, tables=[table]).tables[0].action == "unchanged"
     assert bigquery_proxy.writes() == []
 
-    relaxed = manifest_edited(strict, settings_of(False, 30))
+    # Lengthened, not shortened: a shorter expiration would delete partitions at once (blocked).
+    relaxed = manifest_edited(strict, settings_of(False, 800))
     result = apply(settings, relaxed, tables=[table])
 
     [outcome] = result.tables
     assert (outcome.action, set(outcome.changes)) == (
         "updated",
-        {"partition expiration: 400 days -> 30 days", "require partition filter: yes -> no"},
+        {"partition expiration: 400 days -> 800 days", "require partition filter: yes -> no"},
     )
     read = client.get_table(ref)
     assert read.require_partition_filter is False
     assert (read.time_partitioning.type_, read.time_partitioning.field) == ("DAY", "usage_date")
-    assert read.time_partitioning.expiration_ms == 30 * 86_400_000
+    assert read.time_partitioning.expiration_ms == 800 * 86_400_000
     [patch] = [s for s in bigquery_proxy.sent() if s.method == "PATCH"]
     assert discovery.problems("Table", patch.json()) == []
     bigquery_proxy.reset()
