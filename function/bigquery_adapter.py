@@ -24,7 +24,7 @@ from .config import REQUEST_TIMEOUT, Settings
 from .errors import PermanentError
 from .model import Column, DatasetSpec, TableSpec, TimePartitioning, canonical_type, sorted_labels
 from .plan import Patch, Property
-from .ratelimit import RateLimitedAdapter, RateLimiter, shared_limiter
+from .ratelimit import RateLimitedAdapter, RateLimiter, bigquery_rates, shared_limiter
 from .retries import make_retry, translate
 
 if TYPE_CHECKING:
@@ -33,12 +33,10 @@ if TYPE_CHECKING:
 _RECONCILED_KEYS = {"name", "type", "mode", "description", "fields"}
 
 
-def make_client(
-    settings: Settings, limiter: RateLimiter | None = None, *, rate_limited: bool = True
-) -> bigquery.Client:
+def make_client(settings: Settings, limiter: RateLimiter | None = None) -> bigquery.Client:
     """The official client; against the emulator it needs explicit anonymous credentials.
-    Its requests wait for `limiter` (default: the process's shared one) unless `rate_limited`
-    is False (then only the retry policy deals with rate limits: the benchmark compares both)."""
+    Its requests wait for `limiter` (default: the process's shared one for the settings' rates;
+    none when both rates are 0: then only the retry policy deals with rate limits)."""
     options: dict[str, Any] = {}
     credentials = None
     emulator = settings.emulator("BIGQUERY_EMULATOR_HOST")
@@ -49,9 +47,10 @@ def make_client(
     # One pooled connection per worker thread and one for the dataset step on the calling
     # thread, so concurrency neither queues on the pool nor opens connections it then discards.
     pool = {"pool_connections": 4, "pool_maxsize": max(10, settings.concurrency + 1)}
-    if rate_limited:
-        adapter = RateLimitedAdapter(limiter or shared_limiter(), **pool)
-    else:
+    rates = bigquery_rates(settings.api_rate, settings.insert_rate)
+    if limiter is not None or rates:
+        adapter = RateLimitedAdapter(limiter or shared_limiter(rates), **pool)
+    else:  # both rates off: only the retry policy deals with rate limits
         adapter = requests.adapters.HTTPAdapter(**pool)
     client._http.mount("https://", adapter)
     client._http.mount("http://", adapter)

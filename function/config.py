@@ -190,6 +190,20 @@ SETTINGS: tuple[Setting, ...] = (
         "BigQuery requests in flight (tables handled at once)",
     ),
     Setting(
+        "api_rate",
+        "BOOTSTRAP_API_RATE",
+        100,
+        Number(int, 0, 100_000),
+        "BigQuery API requests per second the function allows itself (the per-user quota; 0: no limit)",
+    ),
+    Setting(
+        "insert_rate",
+        "BOOTSTRAP_INSERT_RATE",
+        10,
+        Number(int, 0, 10_000),
+        "tables.insert requests per second the function allows itself (the per-user quota; 0: no limit)",
+    ),
+    Setting(
         "timeout",
         "BOOTSTRAP_TIMEOUT",
         # deploy.sh's --timeout: no destructive step starts after it, and the request ledger's
@@ -292,6 +306,8 @@ class Settings:
     state_bucket: str | None = _DEFAULTS["state_bucket"]
     backup_dataset: str = _DEFAULTS["backup_dataset"]
     backup_ttl_days: float = _DEFAULTS["backup_ttl_days"]
+    api_rate: int = _DEFAULTS["api_rate"]
+    insert_rate: int = _DEFAULTS["insert_rate"]
     timeout: float = _DEFAULTS["timeout"]
     emulators: tuple[tuple[str, str], ...] = ()  # the EMULATORS that are set
 

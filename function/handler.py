@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import time
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -22,10 +21,9 @@ from .engine import EnsureResult
 from .errors import DeploymentError, PermanentError, TransientError
 from .events import Bootstrap, EventError, Ignored, Trigger, Upload, parse_event
 from .manifest import MANIFEST_NAME
-from .model import BIGQUERY_NAME, DeclaredState
+from .model import BIGQUERY_NAME
 from .request import BootstrapRequest
-from .schema_files import load_declared_state
-from .sources import Superseded, parse_gcs_uri, read_upload
+from .sources import Superseded, parse_gcs_uri
 
 if TYPE_CHECKING:
     from .ledger import Entry
@@ -97,7 +95,7 @@ def _handle_request(work: Bootstrap, settings: Settings, started: float) -> None
     request = work.request
     report = Report(settings, work.trigger, request.request_id, request.dry_run)
     if not (request.destructive and not request.dry_run):
-        _converge(report, request, lambda: runner.load_declared(settings), started)
+        _converge(report, request, started)
         return
     claim: Any = None
     digest = None
@@ -141,42 +139,28 @@ def _handle_upload(work: Upload, settings: Settings, started: float) -> None:
     if table is not None and not BIGQUERY_NAME.fullmatch(table):
         table = None  # validation below reports the bad file name
     request = BootstrapRequest(request_id=work.request_id, tables=(table,) if table else None)
-    report = Report(settings, work.trigger, work.request_id)
-
-    def declared() -> DeclaredState | Superseded:
-        files = read_upload(runner.bucket(settings, bucket), prefix, name, work.generation)
-        if isinstance(files, Superseded):
-            return files
-        return load_declared_state(files, complete=False)
-
-    _converge(report, request, declared, started, dataset_updates=table is None)
+    _converge(
+        Report(settings, work.trigger, work.request_id), request, started, upload=(name, work.generation)
+    )
 
 
 def _converge(
-    report: Report,
-    request: BootstrapRequest,
-    declared: Callable[[], DeclaredState | Superseded],
-    started: float,
-    *,
-    dataset_updates: bool = True,
+    report: Report, request: BootstrapRequest, started: float, *, upload: tuple[str, int] | None = None
 ) -> None:
     """A run that destroys nothing: validate, ensure, report. A permanent failure becomes a
     `failed` event; anything else raises for redelivery."""
-    digest = None
     try:
         _check_time(report.trigger, report.settings, destructive=False)
-        state = declared()
-        if isinstance(state, Superseded):
+        done = runner.converge(request, report.settings, upload=upload)
+        if isinstance(done, Superseded):
             logs.info(
-                f"upload not applied: {state.reason}; the newer generation has its own event",
+                f"upload not applied: {done.reason}; the newer generation has its own event",
                 **_object_fields(report.trigger),
             )
             return
-        digest = state.digest
-        result = runner.run(request, report.settings, state, dataset_updates=dataset_updates)
-        data = report.data(result, digest=digest)
+        data = report.data(done.result, digest=done.digest)
     except PermanentError as exc:
-        data = report.data(error=str(exc), digest=digest)
+        data = report.data(error=str(exc))
     except Exception as exc:
         _raise_for_redelivery(report, exc, None)
     _finish(report.settings, data, started)

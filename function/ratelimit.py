@@ -29,8 +29,8 @@ answer minus the fastest round trip seen so far (the earliest it could have arri
 travelled like the fastest request; a slow request, a new connection, is dated later), plus a
 small `margin` for the jitter that this does not see, and holds its slot while in flight.
 
-The rates and the margin are constructor arguments (`RateLimiter(rates, margin=...)`), for a
-project whose quotas were raised; `make_client(..., rate_limited=False)` turns the limiter off.
+The rates are settings (BOOTSTRAP_API_RATE, BOOTSTRAP_INSERT_RATE), for a project whose quotas
+were raised; 0 turns that rate's limit off (the retry policy then deals with the 403s).
 """
 
 from __future__ import annotations
@@ -69,11 +69,20 @@ class Rate:
         return self.path is None or re.search(self.path, path) is not None
 
 
-BIGQUERY_RATES: tuple[Rate, ...] = (
-    Rate("api", API_REQUESTS_PER_SECOND),
-    # tables.insert is POST .../datasets/D/tables (jobs, inserts of rows and the like differ).
-    Rate("tables.insert", TABLE_INSERTS_PER_SECOND, method="POST", path=r"/datasets/[^/]+/tables$"),
-)
+def bigquery_rates(
+    api: int = API_REQUESTS_PER_SECOND, inserts: int = TABLE_INSERTS_PER_SECOND
+) -> tuple[Rate, ...]:
+    """BigQuery's per-user rates (raised quotas: pass the raised ones; 0 leaves that rate to the
+    server's 403s)."""
+    rates = [
+        Rate("api", api),
+        # tables.insert is POST .../datasets/D/tables (jobs, inserts of rows and the like differ).
+        Rate("tables.insert", inserts, method="POST", path=r"/datasets/[^/]+/tables$"),
+    ]
+    return tuple(rate for rate in rates if rate.requests > 0)
+
+
+BIGQUERY_RATES = bigquery_rates()
 
 
 class _Slot:
@@ -171,14 +180,14 @@ class RateLimitedAdapter(requests.adapters.HTTPAdapter):
             return super().send(request, *args, **kwargs)
 
 
-_shared: RateLimiter | None = None
+_shared: dict[tuple[Rate, ...], RateLimiter] = {}
 _shared_lock = threading.Lock()
 
 
-def shared_limiter() -> RateLimiter:
-    """The process's limiter: the quotas are per user, so all clients in the process share one."""
-    global _shared
+def shared_limiter(rates: tuple[Rate, ...] = BIGQUERY_RATES) -> RateLimiter:
+    """The process's limiter for `rates`: the quotas are per user, so all clients in the process
+    share one."""
     with _shared_lock:
-        if _shared is None:
-            _shared = RateLimiter()
-        return _shared
+        if rates not in _shared:
+            _shared[rates] = RateLimiter(rates)
+        return _shared[rates]

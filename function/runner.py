@@ -7,6 +7,7 @@ and kept for the life of the process (a warm function instance reuses them).
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from google.cloud import bigquery
@@ -15,10 +16,11 @@ from .bigquery_adapter import BigQueryAdapter, make_client
 from .config import Settings
 from .engine import Engine, EnsureResult
 from .errors import RefusedError
+from .manifest import MANIFEST_NAME
 from .model import DeclaredState
 from .request import BootstrapRequest
 from .schema_files import load_declared_state
-from .sources import read_source
+from .sources import Superseded, parse_gcs_uri, read_source, read_upload
 
 if TYPE_CHECKING:  # imported where used: a bootstrap from a folder needs neither
     from google.cloud import storage
@@ -61,6 +63,36 @@ def ledger(settings: Settings) -> Ledger:
     from .ledger import Ledger
 
     return Ledger(bucket(settings, settings.state_bucket), settings)
+
+
+@dataclass(frozen=True)
+class Converged:
+    """A run that destroys nothing, done: what it did, and the digest of what it compared."""
+
+    result: EnsureResult
+    digest: str
+
+
+def converge(
+    request: BootstrapRequest,
+    settings: Settings,
+    *,
+    upload: tuple[str, int] | None = None,
+) -> Converged | Superseded:
+    """Read the declared state from SCHEMA_SOURCE, validate it, and ensure it: what a bootstrap
+    request or a schema upload does (`upload`: the object name under the prefix and the
+    generation the event names; the answer is `Superseded` when it is no longer live, and the
+    dataset's description and labels are left to the manifest's own upload)."""
+    if upload is None:
+        declared = load_declared(settings)
+    else:
+        name, prefix = parse_gcs_uri(settings.schema_source)
+        files = read_upload(bucket(settings, name), prefix, *upload)
+        if isinstance(files, Superseded):
+            return files
+        declared = load_declared_state(files, complete=False)
+    dataset_updates = upload is None or upload[0] == MANIFEST_NAME
+    return Converged(run(request, settings, declared, dataset_updates=dataset_updates), declared.digest)
 
 
 def run(

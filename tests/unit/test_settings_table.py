@@ -27,6 +27,8 @@ SAMPLES: dict[str, tuple[str, object]] = {
     "BOOTSTRAP_MAX_EVENT_AGE": ("600", 600.0),
     "BOOTSTRAP_RETRY_DEADLINE": ("2.5", 2.5),
     "BOOTSTRAP_CONCURRENCY": ("16", 16),
+    "BOOTSTRAP_API_RATE": ("1000", 1000),
+    "BOOTSTRAP_INSERT_RATE": ("0", 0),
     "BOOTSTRAP_TIMEOUT": ("300s", 300.0),
 }
 NUMBERS = [row for row in SETTINGS if isinstance(row.parse, Number)]
