@@ -7,6 +7,9 @@ and kept for the life of the process (a warm function instance reuses them).
 from __future__ import annotations
 
 import functools
+import threading
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -14,13 +17,13 @@ from google.cloud import bigquery
 
 from .bigquery_adapter import BigQueryAdapter, make_client
 from .config import Settings
-from .engine import Engine, EnsureResult
+from .engine import Engine, EnsureResult, Prefetch
 from .errors import RefusedError
 from .manifest import MANIFEST_NAME
 from .model import DeclaredState
 from .request import BootstrapRequest
 from .schema_files import load_declared_state
-from .sources import Superseded, parse_gcs_uri, read_source, read_upload
+from .sources import Snapshot, Superseded, parse_gcs_uri, read_prefix, read_source, read_upload
 
 if TYPE_CHECKING:  # imported where used: a bootstrap from a folder needs neither
     from google.cloud import storage
@@ -39,6 +42,15 @@ def bigquery_client(settings: Settings) -> bigquery.Client:
 def storage_client(settings: Settings) -> storage.Client:
     from google.cloud import storage
 
+    emulator = settings.emulator("STORAGE_EMULATOR_HOST")
+    if emulator:  # as for BigQuery: the settings' emulator, with no credentials to look for
+        from google.auth.credentials import AnonymousCredentials
+
+        return storage.Client(
+            project=settings.project,
+            credentials=AnonymousCredentials(),
+            client_options={"api_endpoint": emulator},
+        )
     return storage.Client(project=settings.project)
 
 
@@ -82,17 +94,75 @@ def converge(
     """Read the declared state from SCHEMA_SOURCE, validate it, and ensure it: what a bootstrap
     request or a schema upload does (`upload`: the object name under the prefix and the
     generation the event names; the answer is `Superseded` when it is no longer live, and the
-    dataset's description and labels are left to the manifest's own upload)."""
-    if upload is None:
-        declared = load_declared(settings)
-    else:
-        name, prefix = parse_gcs_uri(settings.schema_source)
-        files = read_upload(bucket(settings, name), prefix, *upload)
-        if isinstance(files, Superseded):
-            return files
-        declared = load_declared_state(files, complete=False)
+    dataset's description and labels are left to the manifest's own upload).
+
+    From a bucket, the BigQuery reads go out while the prefix is listed (for the tables the last
+    run declared, or the uploaded one) and while the files are downloaded (for the listed ones),
+    and a warm instance downloads only what changed since it last read the prefix."""
     dataset_updates = upload is None or upload[0] == MANIFEST_NAME
-    return Converged(run(request, settings, declared, dataset_updates=dataset_updates), declared.digest)
+    if not settings.schema_source.startswith("gs://"):
+        declared = load_declared(settings)
+        return Converged(run(request, settings, declared, dataset_updates=dataset_updates), declared.digest)
+    adapter = bigquery_adapter(settings)
+    with ThreadPoolExecutor(settings.concurrency, thread_name_prefix="prefetch") as pool:
+        # The tables to read while the prefix is listed: the uploaded one, or those it held.
+        one = upload is not None and upload[0] != MANIFEST_NAME
+        guess = (upload[0].removesuffix(".json"),) if one else _HELD.tables(settings.schema_source)  # type: ignore[index]
+        prefetched = Prefetch(adapter, _selected(request, guess), pool)
+        declared = _HELD.declared(settings, upload)
+        if isinstance(declared, Superseded):
+            return declared
+        missing = [t for t in _selected(request, declared.tables) if t not in prefetched.tables]
+        prefetched.tables.update((name, pool.submit(adapter.get_table, name)) for name in missing)
+        engine = Engine(declared, settings, adapter)
+        result = engine.ensure(request, dataset_updates=dataset_updates, prefetched=prefetched)
+    return Converged(result, declared.digest)
+
+
+class _Held:
+    """What a warm instance holds of its schema prefix: the files at the generations it last
+    read them, and the declared state validated from exactly those (never kept by time)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._snapshots: dict[str, Snapshot] = {}
+        self._declared: dict[tuple[str, tuple[tuple[str, int], ...], bool], DeclaredState] = {}
+
+    def tables(self, source: str) -> tuple[str, ...]:
+        with self._lock:
+            held = self._snapshots.get(source)
+        names = (n.removesuffix(".json") for n, _ in held.generations) if held else ()
+        return tuple(n for n in names if n != MANIFEST_NAME)
+
+    def declared(self, settings: Settings, upload: tuple[str, int] | None) -> DeclaredState | Superseded:
+        source = settings.schema_source
+        name, prefix = parse_gcs_uri(source)
+        with self._lock:
+            held = self._snapshots.get(source)
+        if upload is None:
+            snapshot: Snapshot | Superseded = read_prefix(bucket(settings, name), prefix, held=held)
+        else:
+            snapshot = read_upload(bucket(settings, name), prefix, *upload, held=held)
+        if isinstance(snapshot, Superseded):
+            return snapshot
+        complete = upload is None  # an upload's bucket may still be filling (sync sends the manifest first)
+        key = (source, snapshot.generations, complete)
+        with self._lock:
+            self._snapshots[source] = snapshot
+            known = self._declared.get(key)
+        if known is None:
+            known = load_declared_state(snapshot.files, complete=complete, source=source)
+            with self._lock:
+                self._declared = {k: v for k, v in self._declared.items() if k[0] != source or k[1] == key[1]}
+                self._declared[key] = known
+        return known
+
+
+_HELD = _Held()
+
+
+def _selected(request: BootstrapRequest, tables: Iterable[str]) -> list[str]:
+    return [t for t in tables if request.tables is None or t in request.tables]
 
 
 def run(

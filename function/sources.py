@@ -8,6 +8,7 @@ without being held in memory whole.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,9 +17,10 @@ from .errors import DeploymentError, PermanentError, TransientError
 from .schema_files import is_schema_file, max_bytes
 
 if TYPE_CHECKING:  # imported where used: a folder source never loads the storage client
-    from .storage_adapter import Bucket
+    from .storage_adapter import Bucket, StoredObject
 
 SNAPSHOT_ATTEMPTS = 5  # listings of a prefix that keeps changing while it is read
+DOWNLOADS = 16  # objects downloaded at once
 
 
 @dataclass(frozen=True)
@@ -50,44 +52,61 @@ def read_folder(folder: str | Path) -> dict[str, bytes]:
     return files
 
 
-def read_prefix(bucket: Bucket, prefix: str) -> dict[str, bytes]:
+@dataclass(frozen=True)
+class Snapshot:
+    """The schema files of a prefix at one moment, each at the generation the listing saw."""
+
+    files: dict[str, bytes]
+    generations: tuple[tuple[str, int], ...]  # (name, generation), sorted: the snapshot's identity
+
+
+def read_prefix(bucket: Bucket, prefix: str, *, held: Snapshot | None = None) -> Snapshot:
     """The schema files directly under `prefix`, each read at the generation the listing saw
-    (so a file replaced meanwhile is not mixed in)."""
-    return _snapshot(bucket, prefix, None)  # type: ignore[return-value]
+    (so a file replaced meanwhile is not mixed in). A file `held` already has at the listed
+    generation is not downloaded again."""
+    return _snapshot(bucket, prefix, None, held)  # type: ignore[return-value]
 
 
-def read_upload(bucket: Bucket, prefix: str, name: str, generation: int) -> dict[str, bytes] | Superseded:
+def read_upload(
+    bucket: Bucket, prefix: str, name: str, generation: int, *, held: Snapshot | None = None
+) -> Snapshot | Superseded:
     """`read_prefix` for the upload of `name` at `generation`: `Superseded` when that generation
     is no longer the live one."""
-    return _snapshot(bucket, prefix, (name, generation))
+    return _snapshot(bucket, prefix, (name, generation), held)
 
 
-def _snapshot(bucket: Bucket, prefix: str, pinned: tuple[str, int] | None) -> dict[str, bytes] | Superseded:
-    """A file replaced or deleted between the listing and its read is another writer's change,
-    not a broken source: the prefix is listed and read again."""
+def _snapshot(
+    bucket: Bucket, prefix: str, pinned: tuple[str, int] | None, held: Snapshot | None
+) -> Snapshot | Superseded:
+    """One listing, then the downloads at once (a bounded pool). A file replaced or deleted
+    between the listing and its read is another writer's change, not a broken source: the
+    prefix is listed and read again."""
+    kept = dict(held.generations) if held else {}
     for _ in range(SNAPSHOT_ATTEMPTS):
-        listed = bucket.list(prefix)
+        listed = {n: o for n, o in bucket.list(prefix).items() if is_schema_file(n)}
         if pinned is not None:
             live = listed.get(pinned[0])
             if live is None or live.generation != pinned[1]:
                 now = "deleted" if live is None else f"generation {live.generation}"
                 return Superseded(f"{prefix}{pinned[0]}#{pinned[1]} is no longer live (now {now})")
-        files = {}
-        for name, stored in sorted(listed.items()):
-            if not is_schema_file(name):
-                continue
+        files = {n: held.files[n] for n, o in listed.items() if held and kept.get(n) == o.generation}
+        missing = [o for n, o in sorted(listed.items()) if n not in files]
+        with ThreadPoolExecutor(min(DOWNLOADS, max(1, len(missing)))) as pool:
             # An oversized file is read only far enough for validation to refuse it.
-            limit = max_bytes(name) if stored.size > max_bytes(name) else None
-            data = bucket.read(stored.name, stored.generation, limit)
-            if data is None:
-                break  # changed after the listing: take a new snapshot
-            files[name] = data
-        else:
-            return files
+            read = pool.map(lambda o: bucket.read(o.name, o.generation, _limit(o, prefix)), missing)
+            downloaded = dict(zip((o.name[len(prefix) :] for o in missing), read, strict=True))
+        if all(data is not None for data in downloaded.values()):
+            files.update(downloaded)  # type: ignore[arg-type]
+            return Snapshot(files, tuple(sorted((n, o.generation) for n, o in listed.items())))
     raise TransientError(
         f"the schemas in gs://{bucket.name}/{prefix} kept changing while being read ({SNAPSHOT_ATTEMPTS} "
         "attempts); the event will be delivered again"
     )
+
+
+def _limit(stored: StoredObject, prefix: str) -> int | None:
+    limit = max_bytes(stored.name[len(prefix) :])
+    return limit if stored.size > limit else None
 
 
 def read_source(source: str, bucket: Callable[[str], Bucket]) -> dict[str, bytes]:
@@ -95,7 +114,7 @@ def read_source(source: str, bucket: Callable[[str], Bucket]) -> dict[str, bytes
     `bucket(name)`). A source that is not there is the deployment's problem, not the request's."""
     if source.startswith("gs://"):
         name, prefix = parse_gcs_uri(source)
-        return read_prefix(bucket(name), prefix)
+        return read_prefix(bucket(name), prefix).files
     try:
         return read_folder(source)
     except PermanentError as exc:

@@ -53,7 +53,7 @@ def prepare(client: storage.Client, files: dict[str, bytes], target: str, deadli
     """Validate the bucket's files with `files` in place of theirs, and find what differs."""
     name, prefix = parse_gcs_uri(target)
     bucket = Bucket(client, name, deadline)
-    merged = {**read_prefix(bucket, prefix), **files}
+    merged = {**read_prefix(bucket, prefix).files, **files}
     declared = load_declared_state(merged)  # raises, listing every problem, before anything is uploaded
     live = bucket.list(prefix)
     changed = {n: data for n, data in files.items() if not _same(live.get(n), data)}
