@@ -8,19 +8,23 @@ parses them back, so a consumer can use the same library (see `parse_message`).
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import json
+import threading
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
 
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent, from_http
 from google.api_core.retry import Retry
-from google.cloud import pubsub_v1
 
 from .config import Settings
 from .logs import clip
+
+if TYPE_CHECKING:  # imported in the background (`prepare`): the largest of the function's imports
+    from google.cloud import pubsub_v1
 
 EVENT_TYPES = {
     "succeeded": "com.convergence.bootstrap.v1.completed",
@@ -30,6 +34,7 @@ EVENT_TYPES = {
 SOURCE = "//bootstrap.convergence/projects/{project}/datasets/{dataset}"
 
 
+CONNECT_TIMEOUT = 10.0  # seconds to wait for the channel before the first publish tries anyway
 MAX_CHANGES = 200  # change lines per table in the event; the rest are counted
 MAX_ERROR = 16_000  # characters of an error
 
@@ -78,9 +83,38 @@ def parse_message(data: bytes, attributes: Mapping[str, str]) -> CloudEvent:
     return from_http(dict(attributes), data)
 
 
-@functools.cache
+_publisher: Future[pubsub_v1.PublisherClient] | None = None
+_publisher_lock = threading.Lock()
+
+
+def prepare() -> None:
+    """Import the Pub/Sub client, make it and open its channel in the background: a cold
+    instance does it while its BigQuery requests are in flight, not after them. Idempotent."""
+    global _publisher
+    with _publisher_lock:
+        if _publisher is None:
+            _publisher = Future()
+            threading.Thread(target=_connect, args=(_publisher,), name="pubsub-prepare", daemon=True).start()
+
+
+def _connect(ready: Future[pubsub_v1.PublisherClient]) -> None:
+    try:
+        import grpc
+        from google.cloud import pubsub_v1
+
+        client = pubsub_v1.PublisherClient()
+        with contextlib.suppress(grpc.FutureTimeoutError):  # unreachable now: the publish retries
+            grpc.channel_ready_future(client.transport.grpc_channel).result(timeout=CONNECT_TIMEOUT)
+    except BaseException as exc:  # reported where the client is needed (publish raises it)
+        ready.set_exception(exc)
+    else:
+        ready.set_result(client)
+
+
 def publisher() -> pubsub_v1.PublisherClient:
-    return pubsub_v1.PublisherClient()
+    prepare()
+    assert _publisher is not None
+    return _publisher.result()
 
 
 def publish(settings: Settings, event: CloudEvent) -> str:

@@ -67,6 +67,7 @@ class Report:
 
 def handle(cloud_event: Any) -> None:
     started = time.monotonic()
+    completion.prepare()  # the completion event's client, made while this run works
     try:
         settings = Settings.from_env()
     except DeploymentError as exc:
