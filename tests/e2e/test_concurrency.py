@@ -177,6 +177,8 @@ def test_a_schema_file_deleted_while_a_request_reads_the_bucket(stack, storage_p
     blob = gcs.bucket(BUCKET).blob(PREFIX + name)
     blob.upload_from_string(new_table(99))
     assert inbox.wait(f"{BUCKET}/{PREFIX}{name}#{blob.generation}").data["status"] == "succeeded"
+    with stack.upload_trigger_detached():  # a generation the function has not read: it downloads it
+        blob.upload_from_string(new_table(99) + b"\n")
     storage_proxy.reset()
     storage_proxy.fail_next(1, "delay", method="GET", path_regex=rf"^/download/.*{name}$", delay=2.0)
     result: dict[str, Any] = {}
