@@ -43,7 +43,10 @@ def make_client(settings: Settings, limiter: RateLimiter | None = None) -> bigqu
     if emulator:
         options["client_options"] = {"api_endpoint": emulator}
         credentials = AnonymousCredentials()
-    client = bigquery.Client(project=settings.project, credentials=credentials, **options)
+    # The dataset's location: where its jobs run and are found again by id.
+    client = bigquery.Client(
+        project=settings.project, credentials=credentials, location=settings.location, **options
+    )
     # One pooled connection per worker thread and one for the dataset step on the calling
     # thread, so concurrency neither queues on the pool nor opens connections it then discards.
     pool = {"pool_connections": 4, "pool_maxsize": max(10, settings.concurrency + 1)}
@@ -228,8 +231,7 @@ class BigQueryAdapter:
         wait: float,
         fence: Fence | None = None,
     ) -> None:
-        """Run a copy job and wait for it. `job_id` makes a retried insert find its own job
-        (409) instead of starting another. A copy that may replace rows (WRITE_TRUNCATE) needs
+        """Run a copy job and wait for it. A copy that may replace rows (WRITE_TRUNCATE) needs
         a fence, checked right before."""
         what = f"copy {source.table_id} to {destination.dataset_id}.{destination.table_id}"
         if write_disposition != "WRITE_EMPTY":
@@ -237,14 +239,26 @@ class BigQueryAdapter:
                 raise PermanentError(f"refused to {what} over its rows without the gate's fence")
             fence.check()
         config = bigquery.CopyJobConfig(write_disposition=write_disposition)
+        self._job(what, job_id, wait, self.client.copy_table, source, destination, job_config=config)
+
+    def run_query(self, sql: str, *, job_id: str, wait: float, fence: Fence | None = None) -> list[Any]:
+        """Run one statement as a query job and wait for it; its rows (none for DDL). A
+        statement that loses values (a dropped column) needs a fence, checked right before."""
+        if fence is not None:
+            fence.check()
+        return list(self._job(sql, job_id, wait, self.client.query, sql, job_retry=None))
+
+    def _job(
+        self, what: str, job_id: str, wait: float, insert: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Any:
+        """Insert a job and wait up to `wait` seconds for its result. `job_id` makes a retried
+        insert, or a redelivery, find its own job (409) instead of starting another."""
         try:
-            job = self._call(
-                what, self.client.copy_table, source, destination, job_id=job_id, job_config=config
-            )
+            job = self._call(what, insert, *args, job_id=job_id, **kwargs)
         except gexc.Conflict:
             job = self._expect(f"read job {job_id}", self.client.get_job, job_id)
         try:
-            job.result(timeout=wait)
+            return job.result(timeout=wait)
         except Exception as exc:
             raise translate(exc, f"BigQuery job {job_id} ({what})", wait) from exc
 

@@ -146,7 +146,22 @@ def parser() -> argparse.ArgumentParser:
             action="store_true",
             help=f"drop and recreate the whole dataset, every table backed up first ({what})",
         )
-        p.add_argument("--confirm", metavar="DATASET", help="the dataset id: required with a force flag")
+        p.add_argument(
+            "--rows",
+            choices=("keep", "discard"),
+            help="with --force-recreate-tables: migrate the rows to the declared schema (keep, the "
+            "default) or leave them in the backup only (discard)",
+        )
+        p.add_argument(
+            "--drop-columns",
+            action="store_true",
+            help=f"drop the columns no longer declared, the table backed up first ({what})",
+        )
+        p.add_argument(
+            "--confirm",
+            metavar="DATASET",
+            help="the dataset id: required with a force flag or --drop-columns",
+        )
         p.add_argument(
             "--accept-losses",
             nargs="+",

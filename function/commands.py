@@ -36,6 +36,22 @@ def settings_of(args: argparse.Namespace) -> Settings:
     )
 
 
+def request_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The bootstrap request that `apply` or `publish` flags spell (the fields they set only)."""
+    fields = {
+        "request_id": args.request_id or _local_id(),
+        "tables": args.tables,
+        "dry_run": args.dry_run or None,
+        "force_recreate_tables": args.force_recreate_tables or None,
+        "force_recreate_dataset": args.force_recreate_dataset or None,
+        "drop_columns": args.drop_columns or None,
+        "rows": args.rows,
+        "confirm": args.confirm,
+        "accept_losses": args.accept_losses,
+    }
+    return {k: v for k, v in fields.items() if v is not None}
+
+
 def plan(args: argparse.Namespace) -> int:
     settings = settings_of(args)
     request = request_from_fields({"tables": args.tables, "dry_run": True}, _local_id())
@@ -48,16 +64,7 @@ def plan(args: argparse.Namespace) -> int:
 def apply(args: argparse.Namespace) -> int:
     started = time.monotonic()
     settings = settings_of(args)
-    fields = {
-        "request_id": args.request_id or _local_id(),
-        "tables": args.tables,
-        "dry_run": args.dry_run or None,
-        "force_recreate_tables": args.force_recreate_tables or None,
-        "force_recreate_dataset": args.force_recreate_dataset or None,
-        "confirm": args.confirm,
-        "accept_losses": args.accept_losses,
-    }
-    request = request_from_fields({k: v for k, v in fields.items() if v is not None}, _local_id())
+    request = request_from_fields(request_fields(args), _local_id())
     gate.check_consents(request, settings, gate.CLI_WORDS)
     declared = _declared(settings)
     if not request.destructive or request.dry_run:
@@ -79,16 +86,7 @@ def apply(args: argparse.Namespace) -> int:
 
 def publish(args: argparse.Namespace) -> int:
     settings = settings_of(args)
-    fields = {
-        "request_id": args.request_id or _local_id(),
-        "tables": args.tables,
-        "dry_run": args.dry_run or None,
-        "force_recreate_tables": args.force_recreate_tables or None,
-        "force_recreate_dataset": args.force_recreate_dataset or None,
-        "confirm": args.confirm,
-        "accept_losses": args.accept_losses,
-    }
-    request = {k: v for k, v in fields.items() if v is not None}
+    request = request_fields(args)
     request_from_fields(request, "")  # refuse a malformed request here, not in the function
     topic = args.topic or settings.requests_topic
     watch = (

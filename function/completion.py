@@ -57,11 +57,15 @@ def bounded(data: dict[str, Any]) -> dict[str, Any]:
     message far below Pub/Sub's 10 MB (a schema of 10,000 new columns has 10,000 changes)."""
 
     def table(t: dict[str, Any]) -> dict[str, Any]:
-        changes = list(t["changes"])
-        if len(changes) > MAX_CHANGES:
-            changes = [*changes[:MAX_CHANGES], f"... and {len(changes) - MAX_CHANGES} more change(s)"]
         error = t.get("error")
-        return {**t, "changes": changes, "error": clip(error, MAX_ERROR) if error else error}
+        cut = {
+            **t,
+            "changes": _first(t["changes"], "change"),
+            "error": clip(error, MAX_ERROR) if error else error,
+        }
+        if "statements" in t:
+            cut["statements"] = _first(t["statements"], "statement")
+        return cut
 
     error = data.get("error")
     return {
@@ -125,3 +129,10 @@ def publish(settings: Settings, event: CloudEvent) -> str:
     retry = Retry(initial=0.25, maximum=8.0, multiplier=2.0, timeout=settings.retry_deadline)
     future = client.publish(topic, data, retry=retry, timeout=settings.retry_deadline, **attributes)
     return future.result(timeout=settings.retry_deadline + 5)
+
+
+def _first(items: list[str], noun: str) -> list[str]:
+    """At most MAX_CHANGES of `items`, and how many more there were."""
+    if len(items) <= MAX_CHANGES:
+        return list(items)
+    return [*items[:MAX_CHANGES], f"... and {len(items) - MAX_CHANGES} more {noun}(s)"]

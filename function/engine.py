@@ -17,12 +17,13 @@ from typing import Any
 
 from google.cloud import bigquery
 
+from . import ddl
 from .backups import Backups
 from .bigquery_adapter import BigQueryAdapter, DatasetObject
 from .config import Settings
 from .errors import PermanentError, RefusedError, TransientError
 from .gate import DATASET_STEP, Authorization, check_consents, select_tables
-from .model import DatasetSpec, DeclaredState
+from .model import DatasetSpec, DeclaredState, TableSpec
 from .plan import Action, DatasetPlan, TablePlan, plan_dataset, plan_table
 from .request import BootstrapRequest
 
@@ -42,14 +43,18 @@ class TableResult:
     action: str  # created | updated | unchanged | recreated | blocked | failed
     changes: tuple[str, ...] = ()
     error: str | None = None
+    statements: tuple[str, ...] = ()  # the DDL that makes the changes BigQuery's patch cannot
 
     def to_json(self) -> dict[str, object]:
-        return {
+        data: dict[str, object] = {
             "table": self.table,
             "action": self.action,
             "changes": list(self.changes),
             "error": self.error,
         }
+        if self.statements:
+            data["statements"] = list(self.statements)
+        return data
 
 
 @dataclass
@@ -282,19 +287,55 @@ class _Convergence:
         if forced and self._recreated_earlier(name, obj):
             return TableResult(name, "recreated", ("recreated by an earlier delivery of this request",))
         recreate = forced
+        altered: TablePlan | None = None  # the plan whose DDL statements were run
         try:
             for _ in range(MAX_ATTEMPTS):
-                plan = plan_table(spec, actual, recreate=recreate)
-                if self.request.dry_run or plan.action in (Action.UNCHANGED, Action.BLOCKED):
-                    return _result(plan)
-                if self._apply_table(plan, obj, recreate):
-                    return _result(plan)
-                # Lost a race with another writer: compare again with what it left.
+                plan = self._plan_table(spec, actual, recreate)
+                if self.request.dry_run or plan.action is Action.BLOCKED:
+                    return self._result(plan)
+                if plan.action is Action.UNCHANGED:
+                    return self._result(altered or plan)
+                if plan.ddl:
+                    # Statements first; the patch is planned again on what they leave.
+                    self._alter(plan)
+                    altered = altered or plan
+                elif self._apply_table(plan, obj, recreate):
+                    return self._result(altered or plan)
+                # Altered, or lost a race with another writer: compare again with what is there.
                 actual, obj = self.bq.get_table(name)
                 recreate = False
         except PermanentError as exc:
             return TableResult(name, "failed", (), str(exc))
         return TableResult(name, "failed", (), "the table kept changing under concurrent writers; run again")
+
+    def _plan_table(self, spec: TableSpec, actual: TableSpec | None, recreate: bool) -> TablePlan:
+        return plan_table(spec, actual, recreate=recreate, drop_columns=self.request.drop_columns)
+
+    def _alter(self, plan: TablePlan) -> None:
+        """Run the plan's DDL statements, one query job each. Dropping a column loses its
+        values: the table is backed up first, and each drop is fenced. A statement refused
+        because another writer made the change meanwhile is not an error: the caller reads the
+        table again and plans what is left."""
+        if plan.destructive:
+            self.backups.backup(plan.table, self._authorization())  # raises, dropping nothing
+        table = str(self.bq.ref(plan.table))
+        for change in plan.ddl:
+            sql = change.sql(table)
+            fence = None
+            if change.destructive:
+                fence = self._authorization().fence(f"the {change.kind} {change.column} of {plan.table}")
+            try:
+                self.bq.run_query(
+                    sql,
+                    job_id=ddl.job_id(self.request.request_id, table, sql),
+                    wait=self.bq.deadline,
+                    fence=fence,
+                )
+            except PermanentError:
+                actual, _ = self.bq.get_table(plan.table)
+                if change in self._plan_table(self.declared.tables[plan.table], actual, False).ddl:
+                    raise
+                return
 
     def _recreated_earlier(self, name: str, obj: bigquery.Table | None) -> bool:
         """Did an earlier delivery of this request recreate the table: recorded, or carrying the
@@ -333,13 +374,15 @@ class _Convergence:
             raise RefusedError("a recreation needs the gate's authorization")
         return self.authorization
 
-
-def _result(plan: TablePlan) -> TableResult:
-    if plan.action is Action.BLOCKED:
-        reasons = "; ".join(plan.blocked)
-        error = (
-            f"needs recreation, left untouched: {reasons}. Revert the schema change, or send a request "
-            "with force_recreate_tables and confirm (the deployment must set ALLOW_DESTRUCTIVE=true)"
-        )
-        return TableResult(plan.table, "blocked", plan.blocked + plan.changes, error)
-    return TableResult(plan.table, PAST_TENSE[plan.action], plan.changes)
+    def _result(self, plan: TablePlan) -> TableResult:
+        if plan.action is Action.BLOCKED:
+            reasons = "; ".join(plan.blocked)
+            error = (
+                f"left untouched, not a change BigQuery makes in place: {reasons}. Revert the schema "
+                "change, or send a request with force_recreate_tables (the rows are migrated) or, for "
+                "columns no longer declared, drop_columns; each with confirm (the deployment must set "
+                "ALLOW_DESTRUCTIVE=true)"
+            )
+            return TableResult(plan.table, "blocked", plan.blocked + plan.changes, error)
+        statements = tuple(change.sql(str(self.bq.ref(plan.table))) for change in plan.ddl)
+        return TableResult(plan.table, PAST_TENSE[plan.action], plan.changes, None, statements)

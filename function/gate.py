@@ -143,7 +143,7 @@ class Wording:
 
 
 REQUEST_WORDS = Wording(
-    confirm='set "confirm": "{dataset}" (the dataset id) to confirm a forced recreation',
+    confirm='set "confirm": "{dataset}" (the dataset id) to confirm what it destroys',
     allow="this deployment does not allow destructive requests (ALLOW_DESTRUCTIVE is not true)",
 )
 CLI_WORDS = Wording(
@@ -153,9 +153,9 @@ CLI_WORDS = Wording(
 
 
 def check_consents(request: BootstrapRequest, settings: Settings, words: Wording = REQUEST_WORDS) -> None:
-    """A forced recreation needs three consents: the request's flag, the deployment's
-    ALLOW_DESTRUCTIVE, and `confirm` equal to the dataset id. A dry run only plans, so it does
-    not need the deployment's consent."""
+    """A forced recreation, or a drop of columns, needs three consents: the request's flag, the
+    deployment's ALLOW_DESTRUCTIVE, and `confirm` equal to the dataset id. A dry run only plans,
+    so it does not need the deployment's consent."""
     if not request.destructive:
         return
     problems = []
@@ -164,7 +164,12 @@ def check_consents(request: BootstrapRequest, settings: Settings, words: Wording
     if not settings.allow_destructive and not request.dry_run:
         problems.append(words.allow)
     if problems:
-        raise RefusedError("refused to recreate anything: " + "; ".join(problems) + ". Nothing was changed.")
+        what = (
+            "recreate anything"
+            if request.force_recreate_tables or request.force_recreate_dataset
+            else "drop any column"
+        )
+        raise RefusedError(f"refused to {what}: " + "; ".join(problems) + ". Nothing was changed.")
 
 
 def select_tables(declared: DeclaredState, wanted: tuple[str, ...] | None) -> list[str]:

@@ -31,7 +31,15 @@ LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
 MANIFEST_KEYS = {"dataset", "tables"}
 DATASET_KEYS = {"description", "labels"}
-TABLE_KEYS = {"description", "labels", "time_partitioning", "clustering", "require_partition_filter"}
+TABLE_KEYS = {
+    "description",
+    "labels",
+    "time_partitioning",
+    "clustering",
+    "require_partition_filter",
+    "renamed",
+}
+COLUMN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,299}$")
 PARTITIONING_KEYS = {"type", "field", "expiration_days"}
 
 
@@ -52,6 +60,7 @@ class TableEntry:
     declares_partitioning: bool = False  # a time_partitioning key, valid or not
     clustering: tuple[str, ...] = ()  # names as written
     require_partition_filter: bool = False
+    renamed: tuple[tuple[str, str], ...] = ()  # (new name, old name): columns renamed in place
 
 
 @dataclass(frozen=True)
@@ -129,6 +138,7 @@ def _table_entry(entry: dict[str, Any], scope: Scope) -> TableEntry:
         declares_partitioning=raw_partitioning is not None,
         clustering=_clustering(entry.get("clustering"), scope.at(f"{scope.path}.clustering")),
         require_partition_filter=rpf,
+        renamed=_renamed(entry.get("renamed"), scope.at(f"{scope.path}.renamed")),
     )
 
 
@@ -173,6 +183,29 @@ def _clustering(raw: Any, scope: Scope) -> tuple[str, ...]:
     if len({c.lower() for c in raw}) != len(raw):
         scope.add("names a column twice")
     return tuple(raw)
+
+
+def _renamed(raw: Any, scope: Scope) -> tuple[tuple[str, str], ...]:
+    """`{new_name: old_name}`: top-level columns renamed in place (BigQuery renames no nested
+    field), each old name once."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        scope.add("must be a mapping of new column name to old column name")
+        return ()
+    pairs = []
+    for new, old in raw.items():
+        if not all(isinstance(n, str) and COLUMN_NAME.fullmatch(n) for n in (new, old)):
+            scope.at(f"{scope.path}.{shown(new, quoted=False)}").add(
+                "must map a top-level column's new name to its old one (BigQuery renames top-level "
+                "columns only; names are letters, digits and underscores)"
+            )
+            continue
+        pairs.append((new, old))
+    olds = [old.lower() for _, old in pairs]
+    if len(set(olds)) != len(olds):
+        scope.add("renames one column twice")
+    return tuple(pairs)
 
 
 def _unknown_keys(doc: dict[Any, Any], allowed: set[str], scope: Scope) -> None:

@@ -84,6 +84,8 @@ class TableSpec:
     partitioning: TimePartitioning | None = None
     clustering: tuple[str, ...] = ()
     require_partition_filter: bool = False
+    # Declared renames (new name, old name), top-level columns: the manifest's `renamed`.
+    renamed: tuple[tuple[str, str], ...] = ()
     # When BigQuery deletes the table (ms since the epoch). A declared table never expires: the
     # manifest cannot ask for it, and one found on a table is removed.
     expires_ms: int | None = None

@@ -16,7 +16,9 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from .ddl import Change, Kind
 from .model import Column, DatasetSpec, TableSpec
+from .widening import ColumnType, widens
 
 
 class Action(StrEnum):
@@ -49,6 +51,13 @@ class TablePlan:
     changes: tuple[str, ...] = ()  # what will change, in words
     blocked: tuple[str, ...] = ()  # why it cannot change in place
     patch: Patch = field(default_factory=dict)
+    # Made through DDL, before the patch (which is planned again once they are made).
+    ddl: tuple[Change, ...] = ()
+
+    @property
+    def destructive(self) -> bool:
+        """Does applying it lose values (a column dropped)? Then it needs the gate."""
+        return any(change.destructive for change in self.ddl)
 
 
 @dataclass(frozen=True)
@@ -60,8 +69,11 @@ class DatasetPlan:
     patch: Patch = field(default_factory=dict)  # DESCRIPTION and LABELS only
 
 
-def plan_table(declared: TableSpec, actual: TableSpec | None, *, recreate: bool = False) -> TablePlan:
-    """Classify what it takes to bring `actual` (None: missing) to `declared`."""
+def plan_table(
+    declared: TableSpec, actual: TableSpec | None, *, recreate: bool = False, drop_columns: bool = False
+) -> TablePlan:
+    """Classify what it takes to bring `actual` (None: missing) to `declared`. `drop_columns`:
+    the request consents to dropping the columns that are no longer declared."""
     if actual is None:
         return TablePlan(declared.name, Action.CREATE, (describe_table(declared),))
     if recreate:
@@ -73,8 +85,9 @@ def plan_table(declared: TableSpec, actual: TableSpec | None, *, recreate: bool 
     changes: list[str] = []
     blocked: list[str] = []
     patch: Patch = {}
+    diff = _ColumnDiff(declared, actual, drop_columns, changes, blocked)
 
-    merged = _diff_columns(declared.columns, actual.columns, "", changes, blocked)
+    merged = diff.columns(declared.columns, actual.columns, "")
     if merged != actual.columns:
         patch[Property.COLUMNS] = merged
     _diff_metadata(declared, actual, "", changes, patch)
@@ -98,7 +111,7 @@ def plan_table(declared: TableSpec, actual: TableSpec | None, *, recreate: bool 
         return TablePlan(declared.name, Action.BLOCKED, tuple(changes), tuple(blocked))
     if not changes:
         return TablePlan(declared.name, Action.UNCHANGED)
-    return TablePlan(declared.name, Action.UPDATE, tuple(changes), (), patch)
+    return TablePlan(declared.name, Action.UPDATE, tuple(changes), (), patch, tuple(diff.ddl))
 
 
 def plan_dataset(declared: DatasetSpec, actual: DatasetSpec | None, *, recreate: bool = False) -> DatasetPlan:
@@ -137,61 +150,182 @@ def describe_table(spec: TableSpec) -> str:
     return ", ".join(parts)
 
 
-def _diff_columns(
-    declared: tuple[Column, ...],
-    actual: tuple[Column, ...],
-    parent: str,
-    changes: list[str],
-    blocked: list[str],
-) -> tuple[Column, ...]:
-    """Record the differences; return the schema to send: the existing columns in their
-    existing order (with relaxed modes, new descriptions and merged sub-fields), then the new
-    ones. Column names compare case-insensitively, as BigQuery compares them."""
-    wanted = {c.name.lower(): c for c in declared}
-    merged: list[Column] = []
-    for have in actual:
-        path = parent + have.name
-        want = wanted.pop(have.name.lower(), None)
-        if want is None:
-            blocked.append(f"column {path} is not declared: BigQuery cannot drop a column in place")
-            merged.append(have)
-            continue
-        merged.append(_diff_column(want, have, path, changes, blocked))
-    for new in wanted.values():
-        path = parent + new.name
-        if new.mode == "REQUIRED":
-            blocked.append(
-                f"new column {path} is REQUIRED: existing rows have no value for it "
-                "(declare it NULLABLE, or recreate the table)"
+class _ColumnDiff:
+    """The columns' differences, in words, with what makes each: the schema a patch sends, or
+    a DDL change (a declared rename, a lossless widening, a dropped column or default)."""
+
+    def __init__(
+        self,
+        declared: TableSpec,
+        actual: TableSpec,
+        drop_columns: bool,
+        changes: list[str],
+        blocked: list[str],
+    ) -> None:
+        self.renamed = {old.lower(): new for new, old in declared.renamed}
+        # The partitioning and clustering columns, declared or actual: BigQuery renames and drops
+        # neither.
+        self.fixed = {c.lower() for spec in (declared, actual) for c in spec.clustering}
+        self.fixed |= {
+            spec.partitioning.field.lower()
+            for spec in (declared, actual)
+            if spec.partitioning and spec.partitioning.field
+        }
+        self.drop_columns = drop_columns
+        self.changes = changes
+        self.blocked = blocked
+        self.ddl: list[Change] = []
+
+    def columns(
+        self, declared: tuple[Column, ...], actual: tuple[Column, ...], parent: str
+    ) -> tuple[Column, ...]:
+        """Record the differences; return the schema to send: the existing columns in their
+        existing order (with relaxed modes, new descriptions and merged sub-fields), then the new
+        ones. Column names compare case-insensitively, as BigQuery compares them."""
+        wanted = {c.name.lower(): c for c in declared}
+        merged: list[Column] = []
+        for have in actual:
+            path = parent + have.name
+            want = wanted.pop(have.name.lower(), None)
+            new_name = self.renamed.get(have.name.lower()) if not parent else None
+            if want is None and new_name is not None and new_name.lower() in wanted:
+                want = wanted.pop(new_name.lower())
+                self._rename(have, want.name)
+                merged.append(self.column(want, replace(have, name=want.name), parent + want.name))
+                continue
+            if want is None:
+                self._undeclared(have, path, top=not parent)
+                merged.append(have)
+                continue
+            merged.append(self.column(want, have, path))
+        for new in wanted.values():
+            path = parent + new.name
+            if new.mode == "REQUIRED":
+                self.blocked.append(
+                    f"new column {path} is REQUIRED: existing rows have no value for it "
+                    "(declare it NULLABLE, or recreate the table)"
+                )
+                continue
+            self.changes.append(f"add column {path} {_kind(new)}")
+            merged.append(new)
+        return tuple(merged)
+
+    def column(self, want: Column, have: Column, path: str) -> Column:
+        if want.name != have.name:
+            self.blocked.append(
+                f"column {path} is declared as {want.name}: BigQuery does not change the case of a name "
+                "in place (recreate the table)"
             )
-            continue
-        changes.append(f"add column {path} {_kind(new)}")
-        merged.append(new)
-    return tuple(merged)
+        top = "." not in path
+        old, new = ColumnType.of(have), ColumnType.of(want)
+        if old != new:
+            if not widens(old, new):
+                self.blocked.append(
+                    f"column {path} changes type {old.sql()} -> {new.sql()}: not a widening BigQuery "
+                    "makes in place (values could be lost); needs the table recreated"
+                )
+                return have
+            if not top:
+                self.blocked.append(
+                    f"column {path} changes type {old.sql()} -> {new.sql()}: BigQuery widens top-level "
+                    "columns only; needs the table recreated"
+                )
+                return have
+            self.changes.append(
+                f"column {path} type {old.sql()} -> {new.sql()} (widened in place, every value kept)"
+            )
+            self.ddl.append(Change(Kind.SET_TYPE, have.name, new.sql()))
+        mode = have.mode
+        if want.mode != have.mode:
+            if have.mode == "REQUIRED" and want.mode == "NULLABLE":
+                self.changes.append(f"relax column {path} REQUIRED -> NULLABLE")
+                mode = "NULLABLE"
+            else:
+                self.blocked.append(
+                    f"column {path} changes mode {have.mode} -> {want.mode}: BigQuery only relaxes "
+                    "REQUIRED to NULLABLE in place"
+                )
+        if want.description != have.description:
+            self.changes.append(
+                f"column {path} description: {_quote(have.description)} -> {_quote(want.description)}"
+            )
+        extra = self._reconciled(want, have, path)
+        fields = have.fields
+        if have.type == "RECORD":
+            fields = self.columns(want.fields, have.fields, path + ".")
+        return replace(have, mode=mode, description=want.description, fields=fields, extra=extra)
 
+    def _rename(self, have: Column, new_name: str) -> None:
+        if have.name.lower() in self.fixed or new_name.lower() in self.fixed:
+            self.blocked.append(
+                f"column {have.name} is renamed {new_name}: BigQuery does not rename a partitioning or "
+                "clustering column (recreate the table)"
+            )
+            return
+        self.changes.append(f"rename column {have.name} -> {new_name} (its values kept)")
+        self.ddl.append(Change(Kind.RENAME, have.name, new_name))
 
-def _diff_column(want: Column, have: Column, path: str, changes: list[str], blocked: list[str]) -> Column:
-    if want.name != have.name:
-        blocked.append(f"column {path} is declared as {want.name}: renaming needs the table recreated")
-    if want.type != have.type:
-        blocked.append(f"column {path} changes type {have.type} -> {want.type}: needs the table recreated")
-        return have
-    mode = have.mode
-    if want.mode != have.mode:
-        if have.mode == "REQUIRED" and want.mode == "NULLABLE":
-            changes.append(f"relax column {path} REQUIRED -> NULLABLE")
-            mode = "NULLABLE"
+    def _undeclared(self, have: Column, path: str, *, top: bool) -> None:
+        """A column no longer declared: dropped with the request's consent, else blocked."""
+        if not self.drop_columns:
+            self.blocked.append(
+                f"column {path} is not declared: dropping it loses its values, so it needs a request "
+                "with drop_columns (or declare it renamed in the manifest)"
+            )
+        elif not top:
+            self.blocked.append(
+                f"column {path} is not declared: BigQuery drops top-level columns only; needs the table recreated"
+            )
+        elif have.name.lower() in self.fixed:
+            self.blocked.append(
+                f"column {path} is not declared: BigQuery does not drop a partitioning or clustering column"
+            )
         else:
-            blocked.append(
-                f"column {path} changes mode {have.mode} -> {want.mode}: BigQuery only relaxes "
-                "REQUIRED to NULLABLE in place"
+            self.changes.append(
+                f"drop column {path} {_kind(have)} (its values are lost; the table is backed up first)"
             )
-    if want.description != have.description:
-        changes.append(f"column {path} description: {_quote(have.description)} -> {_quote(want.description)}")
-    fields = have.fields
-    if have.type == "RECORD":
-        fields = _diff_columns(want.fields, have.fields, path + ".", changes, blocked)
-    return replace(have, mode=mode, description=want.description, fields=fields)
+            self.ddl.append(Change(Kind.DROP_COLUMN, have.name))
+
+    def _reconciled(self, want: Column, have: Column, path: str) -> tuple[tuple[str, Any], ...]:
+        """The column's attributes kept in step in place: policy tags, data policies and the
+        default value; the others (collation, rounding mode, ...) are kept as they are."""
+        extra = dict(have.extra)
+        declared = dict(want.extra)
+        for key, words, cleared in (
+            ("policyTags", "policy tags", {"names": []}),
+            ("dataPolicies", "data policies", []),
+            ("defaultValueExpression", "default value", None),
+        ):
+            old, new = _attribute(key, extra.get(key)), _attribute(key, declared.get(key))
+            if old == new:
+                continue
+            warning = ""
+            if key != "defaultValueExpression" and set(old) - set(new):
+                warning = f" (a security change: the column is no longer restricted by {_list(set(old) - set(new))})"
+            self.changes.append(f"column {path} {words}: {_list(old)} -> {_list(new)}{warning}")
+            if key in declared:
+                extra[key] = declared[key]
+            elif key == "defaultValueExpression":
+                extra.pop(key, None)
+                self.ddl.append(Change(Kind.DROP_DEFAULT, have.name))
+            else:
+                extra[key] = cleared
+        return tuple(sorted(extra.items()))
+
+
+def _attribute(key: str, value: Any) -> tuple[str, ...]:
+    """An attribute's value, comparable: policy tag names, data policy names, the default."""
+    if value is None:
+        return ()
+    if key == "policyTags":
+        return tuple(sorted(value.get("names") or ())) if isinstance(value, dict) else ()
+    if key == "dataPolicies":
+        return tuple(sorted(str(p.get("name", p)) if isinstance(p, dict) else str(p) for p in value or ()))
+    return (str(value),)
+
+
+def _list(values: Any) -> str:
+    return ", ".join(sorted(values)) if values else "none"
 
 
 def _diff_partitioning(

@@ -25,7 +25,7 @@ PLAN_WORDS = {
 }
 BLOCKED_HELP = (
     "left untouched: revert the change, or recreate the table (apply --force-recreate-tables, see "
-    "`python -m function apply --help`)"
+    "`python -m function apply --help`), or for columns no longer declared apply --drop-columns"
 )
 
 
@@ -55,7 +55,10 @@ def render_event(data: dict[str, Any]) -> str:
         dry_run=data["dry_run"],
         dataset_error=data.get("error"),
         tables=[
-            TableResult(t["table"], t["action"], tuple(t["changes"]), t["error"]) for t in data["tables"]
+            TableResult(
+                t["table"], t["action"], tuple(t["changes"]), t["error"], tuple(t.get("statements", ()))
+            )
+            for t in data["tables"]
         ],
         backups=list(data.get("backups") or []),
     )
@@ -77,6 +80,7 @@ def render(result: EnsureResult, *, planning: bool) -> str:
     for t in result.tables:
         lines.append(f"  {SYMBOLS.get(t.action, '?'):>3} {t.table:<{width}}  {words.get(t.action, t.action)}")
         lines += [f"        {c}" for c in t.changes]
+        lines += [f"        sql: {statement}" for statement in t.statements]
         if t.action == "blocked":  # its reasons are the lines above; the error repeats them
             lines.append(f"        {BLOCKED_HELP}")
         elif t.error:

@@ -25,7 +25,11 @@ FIELDS = {
     "force_recreate_dataset": bool,
     "confirm": str,
     "accept_losses": list,
+    "drop_columns": bool,
+    "rows": str,
 }
+LATER_FIELDS = {"drop_columns": False, "rows": "keep"}
+ROWS = ("keep", "discard")  # what a forced recreation of a table does with its rows
 
 
 @dataclass(frozen=True)
@@ -39,16 +43,30 @@ class BootstrapRequest:
     # Objects a dataset recreation may delete although they cannot be backed up (views,
     # routines, models, ...): named one by one, never implied.
     accept_losses: tuple[str, ...] = ()
+    # Consent to drop the columns that are no longer declared (their values are lost).
+    drop_columns: bool = False
+    # A forced recreation of a table: its rows carried across to the declared schema ("keep"),
+    # or left in the backup only ("discard").
+    rows: str = "keep"
 
     @property
     def destructive(self) -> bool:
-        return self.force_recreate_tables or self.force_recreate_dataset
+        return self.force_recreate_tables or self.force_recreate_dataset or self.drop_columns
+
+    @property
+    def keeps_rows(self) -> bool:
+        return self.force_recreate_tables and self.rows == "keep"
 
     @property
     def digest(self) -> str:
         """What the request asks for, without its id: the same id sent again with another body
         is a different request, which the ledger refuses."""
         body = {k: v for k, v in asdict(self).items() if k != "request_id"}
+        # Fields added later count only when set, so that a request recorded before they existed
+        # keeps its digest.
+        for name, default in LATER_FIELDS.items():
+            if body[name] == default:
+                del body[name]
         return "sha256:" + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
@@ -97,16 +115,26 @@ def request_from_fields(doc: dict[str, Any], default_id: str) -> BootstrapReques
     confirm = doc.get("confirm")
     whole_dataset = doc.get("force_recreate_dataset") is True
     forced = doc.get("force_recreate_tables") is True or whole_dataset
-    if confirm is not None and not forced and isinstance(confirm, str):
+    destructive = forced or doc.get("drop_columns") is True
+    if confirm is not None and not destructive and isinstance(confirm, str):
         errors.append(
-            "confirm is given but no force flag is set; remove it, or set the force flag it confirms"
+            "confirm is given but no force flag is set (nor drop_columns); remove it, or set the flag "
+            "it confirms"
+        )
+    rows = doc.get("rows")
+    if isinstance(rows, str) and rows not in ROWS:
+        errors.append(f'rows must be "keep" or "discard", not {json.dumps(rows)[:60]}')
+    elif rows is not None and doc.get("force_recreate_tables") is not True:
+        errors.append(
+            "rows applies only to force_recreate_tables (a dataset recreation keeps the rows in its "
+            "backups only); remove it"
         )
     if whole_dataset and tables is not None:
         errors.append(
             "force_recreate_dataset recreates every declared table, so it cannot take tables; "
             "remove tables, or use force_recreate_tables for a subset"
         )
-    if forced and doc.get("dry_run") is not True and request_id is None:
+    if destructive and doc.get("dry_run") is not True and request_id is None:
         errors.append(
             "a destructive request needs its own request_id (the message id changes when the same "
             "request is published again, so it cannot tell a redelivery from a new request)"
@@ -130,6 +158,8 @@ def request_from_fields(doc: dict[str, Any], default_id: str) -> BootstrapReques
         force_recreate_dataset=bool(doc.get("force_recreate_dataset", False)),
         confirm=confirm,
         accept_losses=tuple(sorted(set(losses))) if isinstance(losses, list) else (),
+        drop_columns=bool(doc.get("drop_columns", False)),
+        rows=rows if isinstance(rows, str) else "keep",
     )
 
 

@@ -271,6 +271,12 @@ def _table_spec(table: str, columns: tuple[Column, ...], entry: TableEntry, scop
     top = {c.name.lower(): c for c in columns}
     partitioning = _partitioning(entry, top, scope.at(f"{scope.path}.time_partitioning"))
     clustering = _clustering(entry.clustering, top, scope.at(f"{scope.path}.clustering"))
+    renamed = scope.at(f"{scope.path}.renamed")
+    for new, old in entry.renamed:
+        if new.lower() not in top:
+            renamed.add(f"{new!r} is not a column of the table: a rename names the column's new name first")
+        elif old.lower() in top:
+            renamed.add(f"{old!r} is still declared: a column renamed {new!r} can no longer be declared")
     if not scope.clean:
         return None
     return TableSpec(
@@ -281,6 +287,7 @@ def _table_spec(table: str, columns: tuple[Column, ...], entry: TableEntry, scop
         partitioning=partitioning,
         clustering=clustering,
         require_partition_filter=entry.require_partition_filter,
+        renamed=entry.renamed,
     )
 
 

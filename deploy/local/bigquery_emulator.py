@@ -1,4 +1,4 @@
-"""local-bigquery's own command line, with four answers corrected to BigQuery's.
+"""local-bigquery's own command line, with five answers corrected to BigQuery's.
 
 The local stack runs ``.venv-emulator/bin/python -P deploy/local/bigquery_emulator.py serve ...``
 (Python 3.13, local-bigquery's environment: this file imports nothing of the project). It takes
@@ -31,6 +31,15 @@ learns that it lost a race, which the engine resolves by comparing again:
   each read: the table seems modified at every read, and never expires. Here its metadata is
   recorded when the job creates it, as for a table created by tables.insert.
 
+- **A column altered by DDL.** BigQuery keeps a column's metadata (description, maxLength,
+  precision and scale, default value, policy tags) when `ALTER TABLE ... RENAME COLUMN` renames
+  it, sets the parameters `ALTER COLUMN ... SET DATA TYPE` gives, and removes the default that
+  `ALTER COLUMN ... DROP DEFAULT` drops. local-bigquery keeps that metadata by column name apart
+  from DuckDB's columns and leaves it as it was: a renamed column loses it, a widened STRING(10)
+  still reads as STRING(10) and a dropped default stays. Here the metadata follows each of these
+  statements (and a dropped column's is forgotten, so a column added later under its name does
+  not inherit it).
+
 One more change is for speed only, with the same answers: local-bigquery looks a table up by
 listing every table of every project through DuckDB (`duckdb_tables()`), which takes hundreds
 of milliseconds once a few hundred tables exist (the benchmark makes thousands). Here a
@@ -53,10 +62,12 @@ from typing import Any
 
 import duckdb
 from local_bigquery import errors
-from local_bigquery.catalog import datasets, metadata, tables
+from local_bigquery.catalog import datasets, metadata, names, tables
+from local_bigquery.catalog import ddl as catalog_ddl
 from local_bigquery.cli import main
 from local_bigquery.engine import database
 from local_bigquery.models import Table
+from sqlglot import exp
 
 # DuckDB 1.5.5 / DuckLake: 'attempting to create schema with name "d" - but another transaction
 # has created a schema with this name already', 'attempting to create table "t" in schema "d" -
@@ -154,6 +165,46 @@ def _objects_from_the_catalog(
 
 
 database.objects = _objects_from_the_catalog  # called as database.objects() by the catalog
+_apply_ddl = catalog_ddl.apply
+_TYPE_PARAMETERS = ("maxLength", "precision", "scale")
+
+
+def _apply_ddl_keeping_column_metadata(
+    tree: exp.Expression, project_id: str, dataset_id: str, evaluate: Any
+) -> None:
+    """catalog.ddl.apply, then the stored column metadata follows the ALTER TABLE's column changes."""
+    _apply_ddl(tree, project_id, dataset_id, evaluate)
+    target = tree.find(exp.Table)
+    if not isinstance(tree, exp.Alter) or (tree.args.get("kind") or "").upper() != "TABLE" or target is None:
+        return
+    reference = names.reference(target, project_id, dataset_id)
+    stored = metadata.load(Table, *reference)
+    if stored is None:
+        return
+    fields = {f.name.casefold(): f.dump() for f in tables.fields(stored)}
+    for action in tree.args.get("actions") or []:
+        if isinstance(action, exp.RenameColumn):
+            old = fields.pop(action.this.name.casefold(), None)
+            if old is not None:
+                new = action.args["to"].name
+                fields[new.casefold()] = old | {"name": new}
+        elif isinstance(action, exp.AlterColumn) and action.name.casefold() in fields:
+            field = fields[action.name.casefold()]
+            if action.args.get("dtype") is not None:
+                for key in _TYPE_PARAMETERS:
+                    field.pop(key, None)
+                field |= catalog_ddl._parameters(action.args["dtype"])
+            elif action.args.get("drop"):
+                field.pop("defaultValueExpression", None)
+        elif isinstance(action, exp.Drop) and (action.args.get("kind") or "").upper() == "COLUMN":
+            for column in action.args.get("tables") or []:
+                fields.pop(column.name.casefold(), None)
+    changed = stored.replace(schema={"fields": list(fields.values())} if fields else None)
+    if changed != stored:
+        tables.record(*reference, changed)
+
+
+catalog_ddl.apply = _apply_ddl_keeping_column_metadata  # called as catalog_ddl.apply() by query jobs
 _application = importlib.import_module("local_bigquery.app")  # the module (the package exports `app`)
 _application.app.add_exception_handler(duckdb.Error, _application.handle_error)
 

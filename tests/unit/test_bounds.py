@@ -46,6 +46,16 @@ def test_an_event_lists_two_hundred_changes_per_table_and_counts_the_rest() -> N
     assert changes[-1] == "... and 9800 more change(s)"
 
 
+def test_an_event_lists_two_hundred_statements_per_table_and_counts_the_rest() -> None:
+    data = _data(1)
+    data["tables"][0]["statements"] = [f"ALTER TABLE `p.d.t` DROP COLUMN `c{i}`" for i in range(500)]
+
+    statements = bounded(data)["tables"][0]["statements"]
+
+    assert len(statements) == 201
+    assert statements[-1] == "... and 300 more statement(s)"
+
+
 def test_a_huge_error_is_cut_in_the_event_and_the_message_stays_small() -> None:
     settings = Settings.from_env({"GOOGLE_CLOUD_PROJECT": "local-project"})
     body, attributes = to_message(build_event(settings, _data(10_000, error="x" * 5_000_000)))

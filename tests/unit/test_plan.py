@@ -164,10 +164,12 @@ class Case:
     changes: tuple[str, ...] = ()  # one phrase per expected change line
     blocked: tuple[str, ...] = ()  # one phrase per expected blocked reason
     recreate: bool = False
+    drop_columns: bool = False
+    ddl: tuple[str, ...] = ()  # one phrase per expected DDL statement, in order
 
 
 def case(id_: str, **kw: Any) -> Any:
-    for key in ("declared", "actual", "changes", "blocked"):
+    for key in ("declared", "actual", "changes", "blocked", "ddl"):
         if key in kw and isinstance(kw[key], list):
             kw[key] = tuple(kw[key])
     return pytest.param(Case(**kw), id=id_)
@@ -430,28 +432,178 @@ CASES = [
         blocked=["column tags changes mode REPEATED -> NULLABLE"],
     ),
     case(
-        "type changed: blocked",
+        "type changed to one it does not coerce to: blocked",
         declared=[change("calls", type="STRING")],
         action=Action.BLOCKED,
-        blocked=["column calls changes type INTEGER -> STRING: needs the table recreated"],
+        blocked=["column calls changes type INT64 -> STRING: not a widening BigQuery makes in place"],
     ),
     case(
-        "type widened INT64 to NUMERIC: blocked",
-        declared=[change("calls", type="NUMERIC")],
+        "type narrowed FLOAT64 to INT64: blocked",
+        declared=[change("ratio", type="INT64")],
         action=Action.BLOCKED,
-        blocked=["column calls changes type INTEGER -> NUMERIC"],
+        blocked=["column ratio changes type FLOAT64 -> INT64: not a widening"],
+    ),
+    case(
+        "type widened INT64 to NUMERIC: update through DDL",
+        declared=[change("calls", type="NUMERIC")],
+        action=Action.UPDATE,
+        changes=["column calls type INT64 -> NUMERIC (widened in place, every value kept)"],
+        ddl=["ALTER COLUMN `calls` SET DATA TYPE NUMERIC"],
+    ),
+    case(
+        "type widened INT64 to FLOAT64: update through DDL",
+        declared=[change("calls", type="FLOAT")],
+        action=Action.UPDATE,
+        changes=["column calls type INT64 -> FLOAT64"],
+        ddl=["ALTER COLUMN `calls` SET DATA TYPE FLOAT64"],
+    ),
+    case(
+        "type widened NUMERIC to BIGNUMERIC: update through DDL",
+        declared=[change("calls", type="BIGNUMERIC")],
+        actual=[change("calls", type="NUMERIC")],
+        action=Action.UPDATE,
+        changes=["column calls type NUMERIC -> BIGNUMERIC"],
+        ddl=["ALTER COLUMN `calls` SET DATA TYPE BIGNUMERIC"],
+    ),
+    case(
+        "STRING(10) widened to STRING(64): update through DDL",
+        declared=[change("tags", maxLength="64")],
+        actual=[change("tags", maxLength="10")],
+        action=Action.UPDATE,
+        changes=["column tags type STRING(10) -> STRING(64)"],
+        ddl=["ALTER COLUMN `tags` SET DATA TYPE STRING(64)"],
+    ),
+    case(
+        "STRING(64) narrowed to STRING(10): blocked",
+        declared=[change("tags", maxLength="10")],
+        actual=[change("tags", maxLength="64")],
+        action=Action.BLOCKED,
+        blocked=["column tags changes type STRING(64) -> STRING(10): not a widening"],
+    ),
+    case(
+        "NUMERIC(10, 2) widened to NUMERIC(12, 3): update through DDL",
+        declared=[change("calls", type="NUMERIC", precision="12", scale="3")],
+        actual=[change("calls", type="NUMERIC", precision="10", scale="2")],
+        action=Action.UPDATE,
+        changes=["column calls type NUMERIC(10, 2) -> NUMERIC(12, 3)"],
+        ddl=["SET DATA TYPE NUMERIC(12, 3)"],
+    ),
+    case(
+        "NUMERIC(10, 2) to NUMERIC(10, 4) loses integer digits: blocked",
+        declared=[change("calls", type="NUMERIC", precision="10", scale="4")],
+        actual=[change("calls", type="NUMERIC", precision="10", scale="2")],
+        action=Action.BLOCKED,
+        blocked=["column calls changes type NUMERIC(10, 2) -> NUMERIC(10, 4): not a widening"],
+    ),
+    case(
+        "nested type widened: blocked (BigQuery widens top-level columns only)",
+        actual=[change("meta.source", maxLength="5")],
+        action=Action.BLOCKED,
+        blocked=[
+            "column meta.source changes type STRING(5) -> STRING: BigQuery widens top-level columns only"
+        ],
     ),
     case(
         "nested type changed: blocked",
         declared=[change("meta.source", type="INT64")],
         action=Action.BLOCKED,
-        blocked=["column meta.source changes type STRING -> INTEGER"],
+        blocked=["column meta.source changes type STRING -> INT64: not a widening"],
     ),
     case(
-        "column removed: blocked",
+        "column removed without drop_columns: blocked",
         declared=[drop("ratio")],
         action=Action.BLOCKED,
-        blocked=["column ratio is not declared: BigQuery cannot drop a column in place"],
+        blocked=[
+            "column ratio is not declared: dropping it loses its values, so it needs a request with drop_columns"
+        ],
+    ),
+    case(
+        "column removed with drop_columns: update through DDL, destructive",
+        declared=[drop("ratio")],
+        drop_columns=True,
+        action=Action.UPDATE,
+        changes=["drop column ratio NULLABLE FLOAT (its values are lost; the table is backed up first)"],
+        ddl=["DROP COLUMN `ratio`"],
+    ),
+    case(
+        "clustering column removed with drop_columns: blocked",
+        declared=[drop("tenant_id"), meta(clustering=None)],
+        drop_columns=True,
+        action=Action.BLOCKED,
+        changes=["clustering: tenant_id -> none"],
+        blocked=[
+            "column tenant_id is not declared: BigQuery does not drop a partitioning or clustering column"
+        ],
+    ),
+    case(
+        "nested column removed with drop_columns: blocked",
+        declared=[drop("meta.source")],
+        drop_columns=True,
+        action=Action.BLOCKED,
+        blocked=["column meta.source is not declared: BigQuery drops top-level columns only"],
+    ),
+    case(
+        "declared rename: update through DDL, values kept",
+        declared=[change("ratio", name="share"), meta(renamed={"share": "ratio"})],
+        action=Action.UPDATE,
+        changes=["rename column ratio -> share (its values kept)"],
+        ddl=["RENAME COLUMN `ratio` TO `share`"],
+    ),
+    case(
+        "declared rename already made: unchanged",
+        declared=[change("ratio", name="share"), meta(renamed={"share": "ratio"})],
+        actual=[change("ratio", name="share")],
+        action=Action.UNCHANGED,
+    ),
+    case(
+        "a drop and an add are not a rename: blocked",
+        declared=[change("ratio", name="share")],
+        action=Action.BLOCKED,
+        changes=["add column share NULLABLE FLOAT"],
+        blocked=["column ratio is not declared"],
+    ),
+    case(
+        "declared rename of a clustering column: blocked",
+        declared=[
+            change("tenant_id", name="customer_id"),
+            meta(renamed={"customer_id": "tenant_id"}, clustering=["customer_id"]),
+        ],
+        action=Action.BLOCKED,
+        changes=["clustering: tenant_id -> customer_id"],
+        blocked=["BigQuery does not rename a partitioning or clustering column"],
+    ),
+    case(
+        "policy tag added: update in place",
+        declared=[change("tenant_id", policyTags={"names": ["tags/pii"]})],
+        action=Action.UPDATE,
+        changes=["column tenant_id policy tags: none -> tags/pii"],
+    ),
+    case(
+        "policy tag removed: update in place, shown as a security change",
+        actual=[change("tenant_id", policyTags={"names": ["tags/pii"]})],
+        action=Action.UPDATE,
+        changes=[
+            "column tenant_id policy tags: tags/pii -> none (a security change: the column is no longer restricted by tags/pii)"
+        ],
+    ),
+    case(
+        "data policy changed: update in place",
+        declared=[change("tenant_id", dataPolicies=[{"name": "policies/mask"}])],
+        action=Action.UPDATE,
+        changes=["column tenant_id data policies: none -> policies/mask"],
+    ),
+    case(
+        "default value set: update in place",
+        declared=[change("active", defaultValueExpression="TRUE")],
+        action=Action.UPDATE,
+        changes=["column active default value: none -> TRUE"],
+    ),
+    case(
+        "default value removed: update through DDL",
+        actual=[change("active", defaultValueExpression="TRUE")],
+        action=Action.UPDATE,
+        changes=["column active default value: TRUE -> none"],
+        ddl=["ALTER COLUMN `active` DROP DEFAULT"],
     ),
     case(
         "nested column removed: blocked",
@@ -463,7 +615,7 @@ CASES = [
         "column renamed by case only: blocked",
         declared=[change("calls", name="Calls")],
         action=Action.BLOCKED,
-        blocked=["column calls is declared as Calls: renaming needs the table recreated"],
+        blocked=["column calls is declared as Calls: BigQuery does not change the case of a name in place"],
     ),
     case(
         "partitioning added: blocked",
@@ -500,7 +652,7 @@ CASES = [
         declared=[change("calls", type="STRING"), add(NEW_NOTE), meta(description="Daily usage.")],
         action=Action.BLOCKED,
         changes=["add column note NULLABLE STRING", "description: 'Usage.' -> 'Daily usage.'"],
-        blocked=["column calls changes type INTEGER -> STRING"],
+        blocked=["column calls changes type INT64 -> STRING"],
     ),
     case(
         "several blocked reasons: each reported",
@@ -540,16 +692,18 @@ def test_plan_table(c: Case) -> None:
     declared = declared_spec(*c.declared)
     actual = None if c.actual is MISSING else actual_spec(*c.actual)  # type: ignore[misc]
 
-    plan = plan_table(declared, actual, recreate=c.recreate)
+    plan = plan_table(declared, actual, recreate=c.recreate, drop_columns=c.drop_columns)
 
     assert plan.table == "t"
     assert plan.action is c.action, (plan.changes, plan.blocked)
     _match(c.changes, plan.changes, "changes")
     _match(c.blocked, plan.blocked, "blocked reasons")
+    _match(c.ddl, tuple(change.sql("p.d.t") for change in plan.ddl), "DDL statements")
     if c.action is Action.UPDATE:
-        assert plan.patch, "an update must carry a patch"
+        assert plan.patch or plan.ddl, "an update must carry a patch or DDL"
     else:
-        assert plan.patch == {}, "only an update patches the table"
+        assert plan.patch == {} and plan.ddl == (), "only an update changes the table"
+    assert plan.destructive == any("DROP COLUMN" in d for d in c.ddl)
 
 
 # --- the patch an update sends ---------------------------------------------------------------
@@ -593,7 +747,11 @@ def test_patch_schema_preserves_extra_attributes_of_existing_columns() -> None:
     actual = actual_spec(
         change("tenant_id", policyTags=tags, maxLength="64"), change("meta.source", maxLength="10")
     )
-    declared = declared_spec(add(NEW_NOTE), change("tenant_id", mode="NULLABLE"))
+    declared = declared_spec(
+        add(NEW_NOTE),
+        change("tenant_id", mode="NULLABLE", policyTags=tags, maxLength="64"),
+        change("meta.source", maxLength="10"),
+    )
 
     plan = plan_table(declared, actual)
 
@@ -606,10 +764,19 @@ def test_patch_schema_preserves_extra_attributes_of_existing_columns() -> None:
     assert by_name["meta"].to_api()["fields"][0]["maxLength"] == "10"
 
 
-def test_extra_attributes_alone_are_not_a_change() -> None:
-    # policyTags set on the table by another tool (or not declared) are not reconciled.
-    actual = actual_spec(change("tenant_id", policyTags={"names": ["x"]}))
+def test_attributes_that_are_not_reconciled_alone_are_not_a_change() -> None:
+    # Collation and rounding mode are applied at creation and kept, never changed afterwards.
+    actual = actual_spec(
+        change("tenant_id", collation="und:ci"), change("ratio", roundingMode="ROUND_HALF_EVEN")
+    )
     assert plan_table(declared_spec(), actual).action is Action.UNCHANGED
+
+
+def test_a_removed_policy_tag_is_cleared_in_the_patch() -> None:
+    actual = actual_spec(change("tenant_id", policyTags={"names": ["tags/pii"]}))
+    plan = plan_table(declared_spec(), actual)
+    by_name = {c.name: c for c in plan.patch[Property.COLUMNS]}
+    assert by_name["tenant_id"].to_api()["policyTags"] == {"names": []}
 
 
 def test_patch_holds_only_the_labels_when_only_labels_change() -> None:

@@ -47,7 +47,7 @@ def test_plan_listing() -> None:
             "    ! runs             blocked",
             "        column calls changes type INTEGER -> STRING: needs the table recreated",
             "        left untouched: revert the change, or recreate the table (apply --force-recreate-tables, see "
-            "`python -m function apply --help`)",
+            "`python -m function apply --help`), or for columns no longer declared apply --drop-columns",
             "  -/+ queue            recreate",
             "        drop and recreate: create table with 2 columns",
             "",
@@ -144,4 +144,41 @@ def test_an_event_shows_its_backups_and_whether_it_is_a_recorded_answer() -> Non
     assert (
         "  tenant_profiles__20261130T120000Z__recreate_1_ab12cd34  of tenant_profiles, 3 rows, expires 2026-12-07T12:00:00Z"
         in text
+    )
+
+
+def test_the_statements_a_change_runs_are_listed_under_it() -> None:
+    rename = "ALTER TABLE `p.tenants.quotas` RENAME COLUMN `quota_limit` TO `hard_limit`"
+    result = EnsureResult(
+        dataset="tenants",
+        dataset_action="unchanged",
+        dry_run=True,
+        tables=[
+            TableResult(
+                "quotas",
+                "updated",
+                ("rename column quota_limit -> hard_limit (its values kept)",),
+                None,
+                (rename,),
+            )
+        ],
+    )
+    assert render(result, planning=True).splitlines()[1:4] == [
+        "    ~ quotas  update in place",
+        "        rename column quota_limit -> hard_limit (its values kept)",
+        f"        sql: {rename}",
+    ]
+    event = {"table": "quotas", "action": "updated", "changes": ["x"], "error": None, "statements": [rename]}
+    assert result.tables[0].to_json()["statements"] == [rename]
+    assert "statements" not in TableResult("quotas", "unchanged").to_json()
+    assert f"sql: {rename}" in render_event(
+        {
+            "request_id": "r",
+            "status": "planned",
+            "duration_ms": 5,
+            "dataset": "tenants",
+            "dry_run": True,
+            "dataset_action": "unchanged",
+            "tables": [event],
+        }
     )

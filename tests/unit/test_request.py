@@ -3,7 +3,9 @@ recreation needs, and the choice of tables."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 
 import pytest
 
@@ -81,7 +83,7 @@ def test_dataset_force_is_destructive_and_null_fields_take_their_defaults() -> N
             _json({"force_recreate_table": True, "confirm": "tenants"}),
             [
                 "unknown field(s) force_recreate_table",
-                "allowed: request_id, tables, dry_run, force_recreate_tables, force_recreate_dataset, confirm",
+                "allowed: request_id, tables, dry_run, force_recreate_tables, force_recreate_dataset, confirm, accept_losses, drop_columns, rows",
             ],
             id="unknown field (typo)",
         ),
@@ -158,7 +160,9 @@ def test_dataset_force_is_destructive_and_null_fields_take_their_defaults() -> N
         ),
         pytest.param(
             _json({"confirm": "tenants"}),
-            ["confirm is given but no force flag is set; remove it, or set the force flag it confirms"],
+            [
+                "confirm is given but no force flag is set (nor drop_columns); remove it, or set the flag it confirms"
+            ],
             id="confirm without a force flag",
         ),
         pytest.param(
@@ -308,7 +312,7 @@ def _request(**fields: object) -> BootstrapRequest:
         pytest.param(
             {"force_recreate_tables": True},
             True,
-            ['set "confirm": "tenants" (the dataset id) to confirm a forced recreation'],
+            ['set "confirm": "tenants" (the dataset id) to confirm what it destroys'],
             id="force without confirm",
         ),
         pytest.param(
@@ -407,3 +411,68 @@ def test_select_unknown_table_names_the_declared_ones() -> None:
 def test_a_mistyped_table_gets_a_suggestion() -> None:
     with pytest.raises(RequestError, match=r"unknown table\(s\) b_tabel \(did you mean b_table\?\)"):
         select_tables(DECLARED, ("b_tabel",))
+
+
+# --- drop_columns and rows ------------------------------------------------------------------------
+
+
+def test_drop_columns_is_destructive_and_needs_the_same_three_consents() -> None:
+    request = _request(drop_columns=True)
+    assert request.destructive is True
+    with pytest.raises(RefusedError) as info:
+        check_consents(request, _settings(allow=False))
+    message = str(info.value)
+    assert message.startswith("refused to drop any column: ")
+    assert 'set "confirm": "tenants"' in message and "ALLOW_DESTRUCTIVE is not true" in message
+    check_consents(_request(drop_columns=True, confirm="tenants"), _settings(allow=True))
+
+
+def test_drop_columns_needs_its_own_request_id() -> None:
+    with pytest.raises(RequestError, match="a destructive request needs its own request_id"):
+        parse_request(_json({"drop_columns": True, "confirm": "tenants"}), "m")
+
+
+def test_a_forced_recreation_keeps_the_rows_unless_told_to_discard_them() -> None:
+    forced = {"force_recreate_tables": True, "confirm": "tenants"}
+    assert _request(**forced).keeps_rows is True
+    assert _request(**forced, rows="keep").keeps_rows is True
+    assert _request(**forced, rows="discard").keeps_rows is False
+    assert _request().keeps_rows is False  # nothing is recreated
+
+
+@pytest.mark.parametrize(
+    ("fields", "phrase"),
+    [
+        pytest.param(
+            {"force_recreate_tables": True, "confirm": "tenants", "rows": "all"},
+            'rows must be "keep" or "discard", not "all"',
+            id="unknown rows",
+        ),
+        pytest.param({"rows": "discard"}, "rows applies only to force_recreate_tables", id="rows alone"),
+        pytest.param(
+            {"force_recreate_dataset": True, "confirm": "tenants", "rows": "keep"},
+            "rows applies only to force_recreate_tables",
+            id="rows with a dataset recreation",
+        ),
+        pytest.param({"drop_columns": "yes"}, "drop_columns must be a boolean", id="drop_columns a string"),
+    ],
+)
+def test_bad_rows_or_drop_columns_are_refused(fields: dict, phrase: str) -> None:
+    with pytest.raises(RequestError, match=re.escape(phrase)):
+        _request(**fields)
+
+
+def test_the_new_fields_leave_the_digest_of_a_request_that_does_not_set_them() -> None:
+    forced = _request(force_recreate_tables=True, confirm="tenants")
+    assert forced.digest == _request(force_recreate_tables=True, confirm="tenants", rows="keep").digest
+    assert forced.digest != _request(force_recreate_tables=True, confirm="tenants", rows="discard").digest
+    # The digest of this body as it was computed before drop_columns and rows existed.
+    body = {
+        "tables": None,
+        "dry_run": False,
+        "force_recreate_tables": True,
+        "force_recreate_dataset": False,
+        "confirm": "tenants",
+        "accept_losses": [],
+    }
+    assert forced.digest == "sha256:" + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()

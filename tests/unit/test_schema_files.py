@@ -497,7 +497,7 @@ CORPUS = [
         M,
         "tables.t",
         "unknown key(s) partitioning",
-        "allowed: clustering, description, labels, require_partition_filter, time_partitioning",
+        "allowed: clustering, description, labels, renamed, require_partition_filter, time_partitioning",
     ),
     bad(
         "table entry not a mapping",
