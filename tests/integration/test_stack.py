@@ -410,6 +410,43 @@ def test_a_table_a_copy_job_creates_keeps_its_metadata_between_reads(stack: Stac
         client.close()
 
 
+def test_a_column_altered_by_ddl_keeps_its_metadata_as_in_bigquery(stack: Stack) -> None:
+    """As in BigQuery (deploy/local/bigquery_emulator.py makes the stored column metadata follow
+    the statement): a renamed column keeps its description and length, a widened one gets the
+    new length, a dropped default is gone, and a dropped column's metadata is forgotten."""
+    from google.cloud import bigquery
+
+    client = stack.bigquery_client()
+    project = stack.config.project
+    dataset = f"ddl_{uuid.uuid4().hex[:6]}"
+    table = f"{project}.{dataset}.t"
+    schema = [
+        bigquery.SchemaField("a", "STRING", description="the a", max_length=10),
+        bigquery.SchemaField("d", "STRING", default_value_expression="'x'"),
+        bigquery.SchemaField("gone", "STRING", description="old"),
+    ]
+    try:
+        client.create_dataset(dataset, timeout=30)
+        client.create_table(bigquery.Table(table, schema=schema), timeout=30)
+        for statement in (
+            f"ALTER TABLE `{table}` RENAME COLUMN a TO b",
+            f"ALTER TABLE `{table}` ALTER COLUMN b SET DATA TYPE STRING(20)",
+            f"ALTER TABLE `{table}` ALTER COLUMN d DROP DEFAULT",
+            f"ALTER TABLE `{table}` DROP COLUMN gone",
+            f"ALTER TABLE `{table}` ADD COLUMN gone STRING",
+        ):
+            client.query(statement).result(timeout=30)
+
+        fields = {f.name: f for f in client.get_table(table).schema}
+        assert list(fields) == ["b", "d", "gone"]
+        assert (fields["b"].description, fields["b"].max_length) == ("the a", 20)
+        assert fields["d"].default_value_expression is None
+        assert fields["gone"].description is None
+    finally:
+        client.delete_dataset(dataset, delete_contents=True, not_found_ok=True)
+        client.close()
+
+
 def test_bigquery_keeps_its_data_across_a_restart_when_asked_and_stop_removes_it(tmp_path: Path) -> None:
     config = StackConfig(components=frozenset({"bigquery"}), workdir=tmp_path, bigquery_keeps_data=True)
     data = tmp_path / "bigquery-data"
