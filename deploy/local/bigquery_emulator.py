@@ -1,10 +1,10 @@
-"""local-bigquery's own command line, with five answers corrected to BigQuery's.
+"""local-bigquery's own command line, with six answers corrected to BigQuery's.
 
 The local stack runs ``.venv-emulator/bin/python -P deploy/local/bigquery_emulator.py serve ...``
 (Python 3.13, local-bigquery's environment: this file imports nothing of the project). It takes
 the same arguments as ``local-bigquery`` and serves the same emulator, except where local-bigquery
-0.3.2 answers writers that race each other differently from BigQuery. Both are how a writer
-learns that it lost a race, which the engine resolves by comparing again:
+0.3.2 answers writers that race each other differently from BigQuery. The first two are how a
+writer learns that it lost a race, which the engine resolves by comparing again:
 
 - **A lost create.** Of several concurrent creates of one dataset or table, BigQuery answers one
   with 200 and the others with 409 "Already Exists". local-bigquery answers some of the losers
@@ -18,6 +18,12 @@ learns that it lost a race, which the engine resolves by comparing again:
   overwrite each other (each answered 200) or fail with 400 "Failed to commit DuckLake
   transaction". Here the patches (and updates) of one table, or of one dataset, take a lock
   around the check and the write, so each one checks the etag the previous one left.
+
+- **A create read half done.** BigQuery creates a dataset or a table in one step. local-bigquery
+  creates the schema or the DuckDB table, then records the resource's labels, description and
+  column metadata: a reader in between sees a dataset without its labels, or a table with its
+  labels and no columns, and a writer comparing with the declared state "corrects" it. Here a
+  resource's create, its reads and its updates hold one lock (per dataset, per table).
 
 - **A connection after an error answer.** local-bigquery answers a DuckDB error (such as
   "already exists", 409) from Starlette's last-resort handler, which then re-raises, and uvicorn
@@ -90,28 +96,48 @@ def _from_duckdb_as_bigquery(
     return errors.already_exists("Table", f"{lost['schema']}.{lost['name']}")
 
 
-_locks: dict[tuple[str, ...], threading.Lock] = {}
+_locks: dict[tuple[str, ...], threading.RLock] = {}
 _locks_lock = threading.Lock()
 
 
-def _one_at_a_time(update: Callable[..., Any], keys: int) -> Callable[..., Any]:
-    """`update`, holding a lock per resource (its first `keys` arguments: the ids)."""
+def _one_at_a_time(call: Callable[..., Any], key: Callable[..., tuple[str, ...]]) -> Callable[..., Any]:
+    """`call`, holding the lock of the resource `key` names (from the call's arguments)."""
 
-    @functools.wraps(update)
+    @functools.wraps(call)
     def locked(*args: Any, **kwargs: Any) -> Any:
-        key = (update.__module__, *(str(a).casefold() for a in args[:keys]))
         with _locks_lock:
-            lock = _locks.setdefault(key, threading.Lock())
+            lock = _locks.setdefault(tuple(k.casefold() for k in key(*args)), threading.RLock())
         with lock:
-            return update(*args, **kwargs)
+            return call(*args, **kwargs)
 
     return locked
 
 
+def _dataset(project: str, dataset: str, *_: Any) -> tuple[str, ...]:
+    return ("dataset", project, dataset)
+
+
+def _table(project: str, dataset: str, table: str, *_: Any) -> tuple[str, ...]:
+    return ("table", project, dataset, table)
+
+
+def _new_dataset(project: str, body: Any) -> tuple[str, ...]:
+    return _dataset(project, body.datasetReference.datasetId if body.datasetReference else "")
+
+
+def _new_table(project: str, dataset: str, body: Any, *_: Any) -> tuple[str, ...]:
+    return _table(project, dataset, body.tableReference.tableId if body.tableReference else "")
+
+
 errors.from_duckdb = _from_duckdb_as_bigquery  # what errors.from_exception calls for DuckDB errors
-# What the API's patch and update handlers call (as tables.update / datasets.update).
-tables.update = _one_at_a_time(tables.update, keys=3)  # project, dataset, table
-datasets.update = _one_at_a_time(datasets.update, keys=2)  # project, dataset
+# Each is called through its module (datasets.get(), tables.load() inside tables.get(), ...). A
+# resource's create, read and update hold its lock: reentrant, taken table first, then dataset.
+datasets.create = _one_at_a_time(datasets.create, _new_dataset)
+datasets.get = _one_at_a_time(datasets.get, _dataset)
+datasets.update = _one_at_a_time(datasets.update, _dataset)  # as the API's patch and update
+tables.create = _one_at_a_time(tables.create, _new_table)
+tables.load = _one_at_a_time(tables.load, _table)
+tables.update = _one_at_a_time(tables.update, _table)  # as the API's patch and update
 
 _annotate = tables.annotate
 

@@ -388,7 +388,8 @@ def test_eight_concurrent_applies_all_succeed_and_converge(bigquery_proxy, datas
     for t in threads:
         t.join()
 
-    assert all(isinstance(r, EnsureResult) and r.status == "succeeded" for r in results), results
+    failed = [r if isinstance(r, BaseException) else r.to_json() for r in results if not _succeeded(r)]
+    assert not failed, failed
     created = [sum(a == "created" for a in actions(r).values()) for r in results]  # type: ignore[arg-type]
     assert sum(created) == 8  # each table created by exactly one run; the others saw it there
     assert sum(r.dataset_action == "created" for r in results) >= 1  # type: ignore[union-attr]
@@ -397,6 +398,10 @@ def test_eight_concurrent_applies_all_succeed_and_converge(bigquery_proxy, datas
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+def _succeeded(result: EnsureResult | BaseException) -> bool:
+    return isinstance(result, EnsureResult) and result.status == "succeeded"
 
 
 def _all_rows(client: bigquery.Client, dataset: str, table: str) -> list[tuple[Any, ...]]:

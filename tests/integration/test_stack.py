@@ -335,6 +335,64 @@ def test_concurrent_creates_of_one_dataset_or_table_answer_one_200_and_409s(stac
         client.close()
 
 
+def test_a_dataset_or_table_being_created_is_read_whole_or_not_at_all(stack: Stack) -> None:
+    """As BigQuery creates them, in one step (deploy/local/bigquery_emulator.py: local-bigquery
+    creates the schema or table, then records its labels and description): a reader racing the
+    create sees 404 or everything the create said, never a resource without its labels."""
+    from google.api_core.exceptions import NotFound
+    from google.cloud import bigquery
+
+    client = stack.bigquery_client()
+    project = stack.config.project
+
+    def seen_while_created(create: Callable[[], Any], read: Callable[[], Any]) -> list[Any]:
+        created = threading.Event()
+
+        def poll() -> Any:
+            while True:
+                done = created.is_set()
+                try:
+                    return read()
+                except NotFound:
+                    if done:
+                        raise
+
+        with ThreadPoolExecutor(7) as pool:
+            readers = [pool.submit(poll) for _ in range(6)]
+            create()
+            created.set()
+            return [r.result() for r in readers]
+
+    datasets = []
+    try:
+        for round_ in range(5):
+            name = f"whole_{round_}_{uuid.uuid4().hex[:6]}"
+            datasets.append(name)
+            ds = bigquery.Dataset(f"{project}.{name}")
+            ds.labels, ds.description = {"domain": "tenants"}, "declared"
+            seen = seen_while_created(
+                lambda ds=ds: client.create_dataset(ds, timeout=30), lambda n=name: client.get_dataset(n)
+            )
+            assert {(tuple(d.labels.items()), d.description) for d in seen} == {
+                ((("domain", "tenants"),), "declared")
+            }
+
+            table = bigquery.Table(
+                f"{project}.{name}.t", schema=[bigquery.SchemaField("a", "STRING", "REQUIRED")]
+            )
+            table.labels, table.description = {"domain": "tenants"}, "declared"
+            seen = seen_while_created(
+                lambda t=table: client.create_table(t, timeout=30), lambda t=table: client.get_table(t)
+            )
+            assert {(tuple(t.labels.items()), t.description, tuple(t.schema)) for t in seen} == {
+                ((("domain", "tenants"),), "declared", tuple(table.schema))
+            }
+    finally:
+        for name in datasets:
+            client.delete_dataset(name, delete_contents=True, not_found_ok=True)
+        client.close()
+
+
 def test_concurrent_patches_read_at_one_etag_answer_one_200_and_412s(stack: Stack) -> None:
     """As BigQuery answers them (deploy/local/bigquery_emulator.py makes local-bigquery's etag
     check and write one step): of the patches made from one read, one is applied."""
