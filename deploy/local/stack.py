@@ -41,7 +41,6 @@ import atexit
 import contextlib
 import fcntl
 import functools
-import http.client
 import importlib
 import logging
 import os
@@ -49,11 +48,9 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import weakref
 from collections.abc import Iterable, Iterator
@@ -61,6 +58,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
+
+from . import supervisor
+from .supervisor import HOST, PortConflict, Process, Readiness, StackError
 
 if TYPE_CHECKING:
     from google.cloud import bigquery, pubsub_v1, storage
@@ -71,17 +71,12 @@ log = logging.getLogger("deploy.local.stack")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPONENTS = ("pubsub", "bigquery", "storage", "function")
-HOST = "127.0.0.1"
 
 _FALLBACK_SDK_ROOT = Path("/usr/lib/google-cloud-sdk")
 _EMULATOR_VARS = ("PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "BIGQUERY_EMULATOR_HOST")
-_STOP_GRACE_S = 5.0  # SIGTERM, then SIGKILL after this long
 _START_ATTEMPTS = 3  # a port taken between picking and binding: start again on fresh ports
 _PUSH_ACK_DEADLINE_S = 600  # a slow function run is not pushed a second time meanwhile
 _ADMIN_TIMEOUT_S = 15.0  # every provisioning call (topics, buckets) is bounded by this
-_PORT_CONFLICT = re.compile(
-    r"address already in use|connection in use|Failed to bind to address", re.IGNORECASE
-)
 # DuckDB looks for its extensions in $HOME/.duckdb/extensions and, offline, cannot download them.
 _EXTENSIONS_MISSING = re.compile(
     r"could not be autoloaded|Failed to download extension|extension needs to be loaded", re.IGNORECASE
@@ -90,14 +85,6 @@ EMULATOR_VENV = REPO_ROOT / ".venv-emulator"  # local-bigquery's own Python 3.13
 # local-bigquery always creates a default dataset. Named with a leading underscore it is hidden
 # from dataset listings, as BigQuery hides such datasets, so the emulator starts out empty.
 _HIDDEN_DEFAULT_DATASET = "_local_bigquery_default"
-
-
-class StackError(RuntimeError):
-    """A piece of the stack is missing, did not start, or did not answer in time."""
-
-
-class _PortConflict(StackError):
-    """A picked port was taken by someone else before the piece could bind it."""
 
 
 @dataclass
@@ -131,41 +118,33 @@ class StackConfig:
         self.workdir = Path(self.workdir)
 
 
-@dataclass(frozen=True)
-class _Readiness:
-    marker: re.Pattern[str]  # the piece's own log line saying it listens (not someone else)
-    path: str  # then an HTTP GET on this path ("{project}": the stack's) must answer
-    any_status: bool = False  # True: any HTTP answer counts, False: 200 only
+def _extensions_missing(output: str, answer: str) -> str | None:
+    if not _EXTENSIONS_MISSING.search(output + answer):
+        return None
+    python = EMULATOR_VENV / "bin" / "python"
+    return (
+        "local-bigquery cannot open its database: DuckDB's extensions are not in "
+        "DuckDB's extension cache ($HOME/.duckdb/extensions, HOME="
+        f"{os.environ.get('HOME', '?')}), and they cannot be downloaded offline. Run "
+        f'`make venv`, or once with this HOME: {python} -c "import duckdb; from '
+        "duckdb_extensions import import_extension as i; c = duckdb.connect(); "
+        "[i(e, con=c) for e in ('ducklake', 'icu', 'spatial')]\"\n"
+        f"It answered: {answer[:400]}"
+    )
 
 
 _READINESS = {
-    "pubsub": _Readiness(re.compile(r"Server started, listening on"), "/"),
+    "pubsub": Readiness(re.compile(r"Server started, listening on"), "/"),
     # uvicorn logs this once REST listens; gRPC was bound before it (or the process exited).
     # Listing datasets then opens the DuckDB catalog, which fails without DuckDB's extensions.
-    "bigquery": _Readiness(
-        re.compile(r"Uvicorn running on http://"), "/bigquery/v2/projects/{project}/datasets"
+    "bigquery": Readiness(
+        re.compile(r"Uvicorn running on http://"),
+        "/bigquery/v2/projects/{project}/datasets",
+        diagnose=_extensions_missing,
     ),
-    "storage": _Readiness(re.compile(r"server started at"), "/storage/v1/b"),
-    "function": _Readiness(re.compile(r"Listening at: "), "/", any_status=True),  # gunicorn info
+    "storage": Readiness(re.compile(r"server started at"), "/storage/v1/b"),
+    "function": Readiness(re.compile(r"Listening at: "), "/", any_status=True),  # gunicorn info
 }
-
-
-@dataclass
-class _Piece:
-    name: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-    log_offset: int  # where this run's output starts in the log
-    launched_at: float
-
-    def output(self) -> str:
-        with self.log_path.open("rb") as f:
-            f.seek(self.log_offset)
-            return f.read().decode("utf-8", "replace")
-
-    def tail(self, lines: int = 30, width: int = 400) -> str:
-        text = "\n".join(line[:width] for line in self.output().splitlines()[-lines:])
-        return text or "(empty)"
 
 
 # --------------------------------------------------------------------------------------------
@@ -238,38 +217,6 @@ def _local_bigquery() -> list[str]:
     ]
 
 
-@functools.cache
-def _pdeathsig_prefix() -> tuple[str, ...]:
-    """`setpriv --pdeathsig TERM`: a child gets SIGTERM if this process dies (even by SIGKILL)."""
-    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
-    if not setpriv:
-        return ()
-    try:
-        subprocess.run([setpriv, "--pdeathsig", "TERM", "true"], check=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return ()
-    return (setpriv, "--pdeathsig", "TERM")
-
-
-def _reserve_port() -> int:
-    """A free port on 127.0.0.1, left in TIME_WAIT so the kernel does not hand it out again soon.
-
-    The kernel picks it (bind to port 0). Connecting to it once and closing the server side
-    first leaves it in TIME_WAIT: other bind(0)/connect() calls skip it for about a minute,
-    while our servers (which all set SO_REUSEADDR) can still bind it.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.bind((HOST, 0))
-        server.listen(1)
-        port: int = server.getsockname()[1]
-        with socket.create_connection((HOST, port), timeout=5) as client:
-            accepted, _ = server.accept()
-            accepted.close()
-            client.recv(1)  # wait for the server side's FIN
-    return port
-
-
 def _import_clients(components: frozenset[str]) -> None:
     if "pubsub" in components:
         importlib.import_module("google.cloud.pubsub_v1")
@@ -285,34 +232,6 @@ def _admin_call() -> dict[str, Any]:
         "retry": Retry(initial=0.1, maximum=1.0, timeout=_ADMIN_TIMEOUT_S),
         "timeout": _ADMIN_TIMEOUT_S,
     }
-
-
-def _http_get(port: int, path: str) -> tuple[int | None, str]:
-    """The status and body of a GET (None, "" when nothing answered)."""
-    conn = http.client.HTTPConnection(HOST, port, timeout=2)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read().decode("utf-8", "replace")
-    except (OSError, http.client.HTTPException):
-        return None, ""
-    finally:
-        conn.close()
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
 
 
 # --------------------------------------------------------------------------------------------
@@ -343,7 +262,7 @@ class Stack:
 
     def __init__(self, config: StackConfig | None = None) -> None:
         self.config = config or StackConfig()
-        self._pieces: dict[str, _Piece] = {}
+        self._pieces: dict[str, Process] = {}
         self._ports: dict[str, int] = {}
         self._env: dict[str, str] = {}
         self._lock_file: IO[bytes] | None = None
@@ -390,7 +309,7 @@ class Stack:
                 try:
                     self._start_all()
                     break
-                except _PortConflict as exc:
+                except PortConflict as exc:
                     self._stop_pieces(list(self._pieces))
                     if attempt == _START_ATTEMPTS:
                         raise
@@ -424,7 +343,7 @@ class Stack:
         self._check_component(component)
         piece = self._pieces.get(component)
         if piece is not None:
-            _signal_group(piece.proc.pid, signal.SIGKILL)
+            supervisor.signal_group(piece.pid, signal.SIGKILL)
         self._stop_pieces([component])
 
     def restart(self, component: str) -> None:
@@ -436,7 +355,7 @@ class Stack:
             self._launch(component)
             self._wait_ready(component)
             self._provision(component)
-        except _PortConflict as exc:
+        except PortConflict as exc:
             self._stop_pieces([component])
             raise StackError(f"cannot restart {component} on the same port: {exc}") from exc
         except BaseException:
@@ -585,7 +504,7 @@ class Stack:
     def _start_all(self) -> None:
         components = self.config.components
         ports = ["pubsub", "bigquery", "bigquery-grpc", "storage", "function"]
-        self._ports = {name: _reserve_port() for name in ports if name.split("-")[0] in components}
+        self._ports = {name: supervisor.reserve_port() for name in ports if name.split("-")[0] in components}
         self._env = self._build_env()
         # Slow pieces start side by side. fake-gcs-server waits for the topics: an upload
         # notification to a topic that does not exist yet is dropped.
@@ -666,63 +585,14 @@ class Stack:
         if name == "bigquery" and not (self.config.bigquery_keeps_data and self._bigquery_data.is_dir()):
             shutil.rmtree(self._bigquery_data, ignore_errors=True)
             self._bigquery_data.mkdir(parents=True)
-        log_path = self.config.workdir / f"{name}.log"
-        with log_path.open("ab") as log_file:
-            log_file.write(f"--- {time.strftime('%H:%M:%S')} {shlex.join(cmd)}\n".encode())
-            log_file.flush()
-            offset = log_file.tell()
-            prefix = _pdeathsig_prefix() if threading.current_thread() is threading.main_thread() else ()
-            proc = subprocess.Popen(
-                [*prefix, *cmd],
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=cwd,
-                start_new_session=True,  # its own process group: stop() kills its children too
-            )
-        self._pieces[name] = _Piece(name, proc, log_path, offset, time.monotonic())
+        self._pieces[name] = supervisor.launch(name, cmd, env, cwd, self.config.workdir / f"{name}.log")
 
     def _wait_ready(self, name: str) -> None:
-        piece = self._pieces[name]
         readiness = _READINESS[name]
-        port = self._ports[name]
-        deadline = piece.launched_at + self.config.start_timeout
-        answer = ""  # the body of the last readiness probe
-        while True:
-            exited = piece.proc.poll()
-            output = piece.output()
-            if name == "bigquery" and _EXTENSIONS_MISSING.search(output + answer):
-                python = EMULATOR_VENV / "bin" / "python"
-                raise StackError(
-                    "local-bigquery cannot open its database: DuckDB's extensions are not in "
-                    "DuckDB's extension cache ($HOME/.duckdb/extensions, HOME="
-                    f"{os.environ.get('HOME', '?')}), and they cannot be downloaded offline. Run "
-                    f'`make venv`, or once with this HOME: {python} -c "import duckdb; from '
-                    "duckdb_extensions import import_extension as i; c = duckdb.connect(); "
-                    "[i(e, con=c) for e in ('ducklake', 'icu', 'spatial')]\"\n"
-                    f"It answered: {answer[:400]}\nLast lines of {piece.log_path}:\n{piece.tail()}"
-                )
-            if _PORT_CONFLICT.search(output):
-                raise _PortConflict(f"{name}: port {port} was taken by another process")
-            if exited is not None:
-                raise StackError(
-                    f"{name} exited with code {exited} while starting. "
-                    f"Last lines of {piece.log_path}:\n{piece.tail()}"
-                )
-            if readiness.marker.search(output):
-                status, answer = _http_get(port, readiness.path.format(project=self.config.project))
-                if status == 200 or (status is not None and readiness.any_status):
-                    break
-            if time.monotonic() > deadline:
-                raise StackError(
-                    f"{name} did not answer on {HOST}:{port} within "
-                    f"{self.config.start_timeout:.0f} s. Last lines of {piece.log_path}:\n"
-                    f"{piece.tail()}"
-                )
-            time.sleep(0.05)
-        elapsed = time.monotonic() - piece.launched_at
-        log.info("%s ready on %s:%d (%.1f s)", name, HOST, port, elapsed)
+        path = readiness.path.format(project=self.config.project)
+        supervisor.wait_ready(
+            self._pieces[name], self._ports[name], readiness, path, self.config.start_timeout
+        )
 
     def _provision(self, name: str) -> None:
         if name == "pubsub":
@@ -792,28 +662,7 @@ class Stack:
     # ---- stop -----------------------------------------------------------------------------
 
     def _stop_pieces(self, names: Iterable[str]) -> None:
-        pieces = [self._pieces.pop(n) for n in list(names) if n in self._pieces]
-        for piece in pieces:
-            if piece.proc.poll() is None:
-                _signal_group(piece.proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + _STOP_GRACE_S
-        for piece in pieces:
-            try:
-                piece.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("%s ignored SIGTERM for %.0f s: SIGKILL", piece.name, _STOP_GRACE_S)
-                _signal_group(piece.proc.pid, signal.SIGKILL)
-                piece.proc.wait()
-        # Children that outlived their group leader (none when the leader exits cleanly).
-        for piece in pieces:
-            if _group_alive(piece.proc.pid):
-                _signal_group(piece.proc.pid, signal.SIGKILL)
-                give_up = time.monotonic() + 2.0
-                while _group_alive(piece.proc.pid) and time.monotonic() < give_up:
-                    time.sleep(0.02)
-                if _group_alive(piece.proc.pid):
-                    log.warning("%s: process group %d outlived SIGKILL", piece.name, piece.proc.pid)
-            log.info("%s stopped", piece.name)
+        supervisor.stop([self._pieces.pop(n) for n in list(names) if n in self._pieces])
 
     # ---- helpers --------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
-from deploy.local import stack as stack_module
+from deploy.local import supervisor
 from deploy.local.stack import HOST, REPO_ROOT, Stack, StackConfig, StackError
 
 pytestmark = pytest.mark.emulators
@@ -516,7 +516,7 @@ def test_a_taken_port_is_detected_and_start_retries(
     squatter.bind((HOST, 0))
     squatter.listen()
     taken = squatter.getsockname()[1]
-    real_reserve = stack_module._reserve_port
+    real_reserve = supervisor.reserve_port
     handed_out: list[int] = []
 
     def reserve() -> int:
@@ -524,7 +524,7 @@ def test_a_taken_port_is_detected_and_start_retries(
         handed_out.append(port)
         return port
 
-    monkeypatch.setattr(stack_module, "_reserve_port", reserve)
+    monkeypatch.setattr(supervisor, "reserve_port", reserve)
     try:
         config = StackConfig(components=frozenset({"pubsub"}), workdir=tmp_path)
         with Stack(config) as stack:
