@@ -7,7 +7,8 @@ Python (the test suite does)::
         stack.env["FUNCTION_URL"]
         publisher = stack.publisher()
 
-What runs:
+What runs (each piece is described in ``deploy/local/pieces.py``; the process supervisor is
+``deploy/local/supervisor.py``):
 
 - ``pubsub``: the official Pub/Sub emulator from the Cloud SDK (Java).
 - ``bigquery``: ``local-bigquery`` (DuckDB-backed, Python 3.13) from ``.venv-emulator``, which
@@ -42,8 +43,6 @@ import contextlib
 import fcntl
 import importlib
 import logging
-import os
-import re
 import shlex
 import shutil
 import signal
@@ -57,9 +56,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
 
-from . import executables, supervisor
-from .executables import EMULATOR_VENV, REPO_ROOT
-from .supervisor import HOST, PortConflict, Process, Readiness, StackError
+from . import pieces, supervisor
+from .executables import REPO_ROOT
+from .pieces import Piece
+from .supervisor import HOST, PortConflict, Process, StackError
 
 if TYPE_CHECKING:
     from google.cloud import bigquery, pubsub_v1, storage
@@ -70,17 +70,7 @@ log = logging.getLogger("deploy.local.stack")
 
 COMPONENTS = ("pubsub", "bigquery", "storage", "function")
 
-_EMULATOR_VARS = ("PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "BIGQUERY_EMULATOR_HOST")
 _START_ATTEMPTS = 3  # a port taken between picking and binding: start again on fresh ports
-_PUSH_ACK_DEADLINE_S = 600  # a slow function run is not pushed a second time meanwhile
-_ADMIN_TIMEOUT_S = 15.0  # every provisioning call (topics, buckets) is bounded by this
-# DuckDB looks for its extensions in $HOME/.duckdb/extensions and, offline, cannot download them.
-_EXTENSIONS_MISSING = re.compile(
-    r"could not be autoloaded|Failed to download extension|extension needs to be loaded", re.IGNORECASE
-)
-# local-bigquery always creates a default dataset. Named with a leading underscore it is hidden
-# from dataset listings, as BigQuery hides such datasets, so the emulator starts out empty.
-_HIDDEN_DEFAULT_DATASET = "_local_bigquery_default"
 
 
 @dataclass
@@ -114,54 +104,11 @@ class StackConfig:
         self.workdir = Path(self.workdir)
 
 
-def _extensions_missing(output: str, answer: str) -> str | None:
-    if not _EXTENSIONS_MISSING.search(output + answer):
-        return None
-    python = EMULATOR_VENV / "bin" / "python"
-    return (
-        "local-bigquery cannot open its database: DuckDB's extensions are not in "
-        "DuckDB's extension cache ($HOME/.duckdb/extensions, HOME="
-        f"{os.environ.get('HOME', '?')}), and they cannot be downloaded offline. Run "
-        f'`make venv`, or once with this HOME: {python} -c "import duckdb; from '
-        "duckdb_extensions import import_extension as i; c = duckdb.connect(); "
-        "[i(e, con=c) for e in ('ducklake', 'icu', 'spatial')]\"\n"
-        f"It answered: {answer[:400]}"
-    )
-
-
-_READINESS = {
-    "pubsub": Readiness(re.compile(r"Server started, listening on"), "/"),
-    # uvicorn logs this once REST listens; gRPC was bound before it (or the process exited).
-    # Listing datasets then opens the DuckDB catalog, which fails without DuckDB's extensions.
-    "bigquery": Readiness(
-        re.compile(r"Uvicorn running on http://"),
-        "/bigquery/v2/projects/{project}/datasets",
-        diagnose=_extensions_missing,
-    ),
-    "storage": Readiness(re.compile(r"server started at"), "/storage/v1/b"),
-    "function": Readiness(re.compile(r"Listening at: "), "/", any_status=True),  # gunicorn info
-}
-
-
-# --------------------------------------------------------------------------------------------
-# Where the executables are
-
-
 def _import_clients(components: frozenset[str]) -> None:
     if "pubsub" in components:
         importlib.import_module("google.cloud.pubsub_v1")
     if "storage" in components:
         importlib.import_module("google.cloud.storage")
-
-
-def _admin_call() -> dict[str, Any]:
-    """retry and timeout for a provisioning call: bounded, so a wedged emulator fails fast."""
-    from google.api_core.retry import Retry
-
-    return {
-        "retry": Retry(initial=0.1, maximum=1.0, timeout=_ADMIN_TIMEOUT_S),
-        "timeout": _ADMIN_TIMEOUT_S,
-    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -192,7 +139,8 @@ class Stack:
 
     def __init__(self, config: StackConfig | None = None) -> None:
         self.config = config or StackConfig()
-        self._pieces: dict[str, Process] = {}
+        self._pieces = pieces.describe(self.config)
+        self._processes: dict[str, Process] = {}
         self._ports: dict[str, int] = {}
         self._env: dict[str, str] = {}
         self._lock_file: IO[bytes] | None = None
@@ -208,7 +156,7 @@ class Stack:
     @property
     def pids(self) -> list[int]:
         """Pids (= process group ids) of the pieces that are running now."""
-        return [p.proc.pid for p in self._pieces.values() if p.proc.poll() is None]
+        return [p.pid for p in self._processes.values() if p.proc.poll() is None]
 
     @property
     def ports(self) -> dict[str, int]:
@@ -240,7 +188,7 @@ class Stack:
                     self._start_all()
                     break
                 except PortConflict as exc:
-                    self._stop_pieces(list(self._pieces))
+                    self._stop_pieces(list(self._processes))
                     if attempt == _START_ATTEMPTS:
                         raise
                     log.warning("%s; starting again on other ports", exc.args[0].splitlines()[0])
@@ -251,10 +199,10 @@ class Stack:
         log.info("stack ready in %.1f s (logs in %s)", time.monotonic() - t0, self.config.workdir)
 
     def stop(self) -> None:
-        self._stop_pieces(list(self._pieces))
+        self._stop_pieces(list(self._processes))
         if self._lock_file is not None:  # only a started stack owns the workdir's files
             (self.config.workdir / "env").unlink(missing_ok=True)
-            shutil.rmtree(self._bigquery_data, ignore_errors=True)
+            self._remove_data()
         if self._runtime_dir is not None:
             shutil.rmtree(self._runtime_dir, ignore_errors=True)
             self._runtime_dir = None
@@ -271,9 +219,9 @@ class Stack:
         """SIGKILL the piece's process group at once: no graceful stop (gunicorn would finish
         the requests in flight first), as when an instance dies."""
         self._check_component(component)
-        piece = self._pieces.get(component)
-        if piece is not None:
-            supervisor.signal_group(piece.pid, signal.SIGKILL)
+        process = self._processes.get(component)
+        if process is not None:
+            supervisor.signal_group(process.pid, signal.SIGKILL)
         self._stop_pieces([component])
 
     def restart(self, component: str) -> None:
@@ -315,7 +263,7 @@ class Stack:
         return storage.Client(
             project=self.config.project,
             credentials=AnonymousCredentials(),
-            client_options={"api_endpoint": self._url("storage")},
+            client_options={"api_endpoint": self.url("storage")},
         )
 
     def bigquery_client(self) -> bigquery.Client:
@@ -325,7 +273,7 @@ class Stack:
         return bigquery.Client(
             project=self.config.project,
             credentials=AnonymousCredentials(),
-            client_options={"api_endpoint": self._url("bigquery")},
+            client_options={"api_endpoint": self.url("bigquery")},
         )
 
     @contextlib.contextmanager
@@ -343,26 +291,26 @@ class Stack:
             yield
             return
         project = f"projects/{cfg.project}"
-        push = self._push_subscription(cfg.notification_topic)
+        push = pieces.push_subscription(self, cfg.notification_topic)
         drain = f"{project}/subscriptions/{cfg.notification_topic}-detached"
         subscriber, storage_client = self.subscriber(), self.storage_client()
 
         def generations() -> set[tuple[str, str]]:
-            blobs = storage_client.list_blobs(cfg.schema_bucket, **_admin_call())
+            blobs = storage_client.list_blobs(cfg.schema_bucket, **pieces.admin_call())
             return {(blob.name, str(blob.generation)) for blob in blobs}
 
         try:
             before = generations()
-            subscriber.create_subscription(name=drain, topic=push["topic"], **_admin_call())
-            subscriber.delete_subscription(subscription=push["name"], **_admin_call())
+            subscriber.create_subscription(name=drain, topic=push["topic"], **pieces.admin_call())
+            subscriber.delete_subscription(subscription=push["name"], **pieces.admin_call())
             try:
                 yield
             finally:
                 try:
                     missing = self._drain_notifications(subscriber, drain, generations() - before)
                 finally:
-                    subscriber.create_subscription(request=push, **_admin_call())
-                    subscriber.delete_subscription(subscription=drain, **_admin_call())
+                    subscriber.create_subscription(request=push, **pieces.admin_call())
+                    subscriber.delete_subscription(subscription=drain, **pieces.admin_call())
                 if missing:
                     log.warning("upload notifications not seen: %s", sorted(missing))
         finally:
@@ -389,27 +337,18 @@ class Stack:
                 missing.discard((attributes.get("objectId"), attributes.get("objectGeneration")))
             if response.received_messages:
                 ack_ids = [m.ack_id for m in response.received_messages]
-                subscriber.acknowledge(subscription=subscription, ack_ids=ack_ids, **_admin_call())
+                subscriber.acknowledge(subscription=subscription, ack_ids=ack_ids, **pieces.admin_call())
         return missing
 
     # ---- start ----------------------------------------------------------------------------
 
     def _preflight(self) -> None:
         """Fail before starting anything when a piece cannot possibly start."""
-        components = self.config.components
-        if "pubsub" in components:
-            executables.pubsub_emulator()
-        if "bigquery" in components:
-            executables.local_bigquery()
-        if "storage" in components:
-            executables.fake_gcs_server()
-        if "function" in components:
-            executables.venv_script("functions-framework")
-            if not self.config.function_source.is_file():
-                raise StackError(
-                    f"function source {self.config.function_source} does not exist "
-                    "(set StackConfig.function_source, or leave out the function: --no-function)"
-                )
+        for piece in self._configured():
+            piece.preflight(self.config)
+
+    def _configured(self) -> list[Piece]:
+        return [p for p in self._pieces.values() if p.name in self.config.components]
 
     def _lock_workdir(self) -> None:
         workdir = self.config.workdir
@@ -425,162 +364,60 @@ class Stack:
         self._lock_file = lock
         for name in COMPONENTS:  # fresh logs for a fresh stack
             (workdir / f"{name}.log").unlink(missing_ok=True)
-        shutil.rmtree(self._bigquery_data, ignore_errors=True)  # left by a stack that was killed
+        self._remove_data()  # left by a stack that was killed
 
-    @property
-    def _bigquery_data(self) -> Path:
-        return self.config.workdir / "bigquery-data"
+    def _remove_data(self) -> None:
+        for piece in self._pieces.values():
+            if piece.data:
+                shutil.rmtree(self.config.workdir / piece.data, ignore_errors=True)
 
     def _start_all(self) -> None:
-        components = self.config.components
-        ports = ["pubsub", "bigquery", "bigquery-grpc", "storage", "function"]
-        self._ports = {name: supervisor.reserve_port() for name in ports if name.split("-")[0] in components}
+        """Every piece on fresh ports: slow ones side by side, one that waits `after` another
+        as soon as that one is ready and provisioned."""
+        configured = self._configured()
+        self._ports = {port: supervisor.reserve_port() for piece in configured for port in piece.ports}
         self._env = self._build_env()
-        # Slow pieces start side by side. fake-gcs-server waits for the topics: an upload
-        # notification to a topic that does not exist yet is dropped.
-        for name in ("pubsub", "bigquery", "function"):
-            if name in components:
-                self._launch(name)
-        _import_clients(components)  # about a second the first time: while the emulators boot
-        if "pubsub" in components:
-            self._wait_ready("pubsub")
-            self._provision("pubsub")
-        if "storage" in components:
-            self._launch("storage")
-            self._wait_ready("storage")
-            self._provision("storage")
-        for name in ("bigquery", "function"):
-            if name in components:
-                self._wait_ready(name)
+        names = {piece.name for piece in configured}
+        waiting = [p for p in configured if p.after in names]
+        for piece in configured:
+            if piece not in waiting:
+                self._launch(piece.name)
+        _import_clients(self.config.components)  # about a second the first time: while they boot
+
+        def ready(piece: Piece) -> None:
+            self._wait_ready(piece.name)
+            self._provision(piece.name)
+            for later in [p for p in waiting if p.after == piece.name]:
+                self._launch(later.name)
+                ready(later)
+
+        for piece in configured:
+            if piece not in waiting:
+                ready(piece)
 
     def _build_env(self) -> dict[str, str]:
-        cfg, components = self.config, self.config.components
+        cfg = self.config
         env = {"GOOGLE_CLOUD_PROJECT": cfg.project, "COMPLETION_TOPIC": cfg.completion_topic}
-        if "pubsub" in components:
-            env["PUBSUB_EMULATOR_HOST"] = f"{HOST}:{self._ports['pubsub']}"
-            env["BOOTSTRAP_REQUESTS_TOPIC"] = cfg.requests_topic  # where `publish` sends
-        if "storage" in components:
-            env["STORAGE_EMULATOR_HOST"] = self._url("storage")
-            prefix = cfg.schema_prefix.strip("/")
-            env["SCHEMA_SOURCE"] = f"gs://{cfg.schema_bucket}/{prefix + '/' if prefix else ''}"
-            env["BOOTSTRAP_STATE_BUCKET"] = cfg.state_bucket
-        if "bigquery" in components:
-            env["BIGQUERY_EMULATOR_HOST"] = self._url("bigquery")
-        if "function" in components:
-            env["FUNCTION_URL"] = self._url("function") + "/"
+        for piece in self._configured():
+            env.update(piece.exports(self))
         return env
 
-    def _command(self, name: str) -> tuple[list[str], dict[str, str], Path | None]:
-        cfg = self.config
-        port = str(self._ports[name])
-        inherited = {k: v for k, v in os.environ.items() if k not in _EMULATOR_VARS}
-        cwd: Path | None = None
-        if name == "pubsub":
-            cmd = [str(executables.pubsub_emulator()), f"--host={HOST}", f"--port={port}"]
-            env = inherited
-        elif name == "bigquery":
-            cmd = [*executables.local_bigquery(), "serve", "--host", HOST, "--port", port]
-            cmd += ["--grpc-port", str(self._ports["bigquery-grpc"]), "--project", cfg.project]
-            cmd += ["--dataset", _HIDDEN_DEFAULT_DATASET, "--data-dir", str(self._bigquery_data)]
-            env = inherited  # the same HOME as `make venv`: DuckDB's extensions are found there
-        elif name == "storage":
-            cmd = [str(executables.fake_gcs_server()), "-scheme", "http", "-backend", "memory"]
-            cmd += ["-host", HOST, "-port", port, "-external-url", self._url("storage")]
-            cmd += ["-public-host", f"{HOST}:{port}"]
-            env = inherited
-            if "pubsub" in cfg.components:
-                cmd += ["-event.pubsub-project-id", cfg.project]
-                cmd += ["-event.pubsub-topic", cfg.notification_topic]
-                cmd += ["-event.list", "finalize", "-event.bucket", cfg.schema_bucket]
-                env = {**inherited, "PUBSUB_EMULATOR_HOST": self._env["PUBSUB_EMULATOR_HOST"]}
-        else:  # function
-            source = cfg.function_source.resolve()
-            cmd = [str(executables.venv_script("functions-framework")), "--target", cfg.function_target]
-            cmd += ["--signature-type", "cloudevent", "--source", str(source)]
-            cmd += ["--host", HOST, "--port", port]
-            env = {**inherited, **self._env, **cfg.function_env}
-            env["PYTHONUNBUFFERED"] = "1"  # its log file is readable while it runs
-            env["GUNICORN_LOG_LEVEL"] = "info"  # "Listening at:" tells that it is ours
-            # gunicorn >= 25 opens a control socket at $XDG_RUNTIME_DIR/gunicorn.ctl, else
-            # ~/.gunicorn/gunicorn.ctl: one path shared by every gunicorn of the user. Give
-            # each stack its own (short: a Unix socket path has at most 107 bytes).
-            if self._runtime_dir is None:
-                self._runtime_dir = tempfile.mkdtemp(prefix="stack-run-")
-            env["XDG_RUNTIME_DIR"] = self._runtime_dir
-            cwd = source.parent
-        return cmd + list(cfg.extra_args.get(name, [])), env, cwd
-
     def _launch(self, name: str) -> None:
-        cmd, env, cwd = self._command(name)
-        if name == "bigquery" and not (self.config.bigquery_keeps_data and self._bigquery_data.is_dir()):
-            shutil.rmtree(self._bigquery_data, ignore_errors=True)
-            self._bigquery_data.mkdir(parents=True)
-        self._pieces[name] = supervisor.launch(name, cmd, env, cwd, self.config.workdir / f"{name}.log")
+        piece = self._pieces[name]
+        piece.prepare(self)
+        cmd = piece.command(self) + list(self.config.extra_args.get(name, []))
+        env = piece.env(self, pieces.inherited_env())
+        log_path = self.config.workdir / f"{name}.log"
+        self._processes[name] = supervisor.launch(name, cmd, env, piece.cwd(self), log_path)
 
     def _wait_ready(self, name: str) -> None:
-        readiness = _READINESS[name]
+        readiness = self._pieces[name].readiness
         path = readiness.path.format(project=self.config.project)
-        supervisor.wait_ready(
-            self._pieces[name], self._ports[name], readiness, path, self.config.start_timeout
-        )
+        port = self._ports[self._pieces[name].ports[0]]
+        supervisor.wait_ready(self._processes[name], port, readiness, path, self.config.start_timeout)
 
     def _provision(self, name: str) -> None:
-        if name == "pubsub":
-            self._provision_pubsub()
-        elif name == "storage":
-            self._provision_storage()
-
-    def _provision_pubsub(self) -> None:
-        from google.api_core.exceptions import AlreadyExists
-
-        cfg = self.config
-        project = f"projects/{cfg.project}"
-        publisher, subscriber = self.publisher(), self.subscriber()
-        try:
-            for topic in (cfg.requests_topic, cfg.completion_topic, cfg.notification_topic):
-                with contextlib.suppress(AlreadyExists):
-                    publisher.create_topic(name=f"{project}/topics/{topic}", **_admin_call())
-            subscriptions: list[dict[str, Any]] = [
-                {
-                    "name": f"{project}/subscriptions/{cfg.completion_subscription}",
-                    "topic": f"{project}/topics/{cfg.completion_topic}",
-                    "ack_deadline_seconds": 60,
-                }
-            ]
-            if "function" in cfg.components:
-                subscriptions += [self._push_subscription(cfg.requests_topic)]
-                subscriptions += [self._push_subscription(cfg.notification_topic)]
-            for request in subscriptions:
-                with contextlib.suppress(AlreadyExists):
-                    subscriber.create_subscription(request=request, **_admin_call())
-        finally:
-            publisher.transport.close()
-            subscriber.close()
-
-    def _push_subscription(self, topic: str) -> dict[str, Any]:
-        """The push subscription `<topic>-push` that delivers the topic to the function."""
-        from google.cloud import pubsub_v1
-
-        project = f"projects/{self.config.project}"
-        # The topic in the endpoint's path becomes the CloudEvent's source.
-        endpoint = f"{self._url('function')}/{project}/topics/{topic}"
-        return {
-            "name": f"{project}/subscriptions/{topic}-push",
-            "topic": f"{project}/topics/{topic}",
-            "push_config": pubsub_v1.types.PushConfig(push_endpoint=endpoint),
-            "ack_deadline_seconds": _PUSH_ACK_DEADLINE_S,
-        }
-
-    def _provision_storage(self) -> None:
-        from google.api_core.exceptions import Conflict
-
-        client = self.storage_client()
-        try:
-            for bucket in (self.config.schema_bucket, self.config.state_bucket):
-                with contextlib.suppress(Conflict):
-                    client.create_bucket(bucket, **_admin_call())
-        finally:
-            client.close()
+        self._pieces[name].provision(self)
 
     def _write_env_file(self) -> None:
         """`source`d by a shell: the stack's variables, and this environment's tools on PATH
@@ -592,7 +429,7 @@ class Stack:
     # ---- stop -----------------------------------------------------------------------------
 
     def _stop_pieces(self, names: Iterable[str]) -> None:
-        supervisor.stop([self._pieces.pop(n) for n in list(names) if n in self._pieces])
+        supervisor.stop([self._processes.pop(n) for n in list(names) if n in self._processes])
 
     # ---- helpers --------------------------------------------------------------------------
 
@@ -602,7 +439,14 @@ class Stack:
                 f"{component!r} is not a component of this stack ({sorted(self.config.components)})"
             )
 
-    def _url(self, name: str) -> str:
+    def runtime_dir(self) -> str:
+        """A short folder of this stack's own (the function's XDG_RUNTIME_DIR), removed by stop()."""
+        if self._runtime_dir is None:
+            self._runtime_dir = tempfile.mkdtemp(prefix="stack-run-")
+        return self._runtime_dir
+
+    def url(self, name: str) -> str:
+        """http://127.0.0.1:PORT of a piece's port (pubsub, bigquery, storage, function)."""
         if name not in self._ports:
             raise StackError(f"{name} is not part of this stack, or the stack is not started")
         return f"http://{HOST}:{self._ports[name]}"
@@ -678,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info(_GUIDE.format(workdir=stack.config.workdir, source=stack.env.get("SCHEMA_SOURCE", "")))
         reported: set[str] = set()
         while True:
-            for name, piece in stack._pieces.items():
+            for name, piece in stack._processes.items():
                 code = piece.proc.poll()
                 if code is not None and name not in reported:
                     reported.add(name)
