@@ -463,8 +463,14 @@ class Stack:
 # python -m deploy.local.stack
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+class _Stopped(BaseException):
+    """SIGTERM or SIGHUP. Not a KeyboardInterrupt: CPython remembers a KeyboardInterrupt raised
+    inside code some extension module evaluates while it is imported (the seeding's imports),
+    even once caught, and then ends the process by SIGINT instead of its exit code."""
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    raise _Stopped(signal.Signals(signum).name)
 
 
 _GUIDE = """
@@ -510,9 +516,9 @@ def main(argv: list[str] | None = None) -> int:
 
     components = set(COMPONENTS) - ({"function"} if args.no_function else set())
     stack = Stack(StackConfig(project=args.project, components=frozenset(components), workdir=args.workdir))
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGTERM, _raise_stopped)
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # nohup keeps it ignored
-        signal.signal(signal.SIGHUP, _raise_interrupt)
+        signal.signal(signal.SIGHUP, _raise_stopped)
     try:
         stack.start()
         for name, value in stack.env.items():
@@ -528,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
                     reported.add(name)
                     log.error("%s exited (code %s); see %s", name, code, piece.log_path)
             time.sleep(1.0)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Stopped):
         log.info("stopping")
         return 0
     except StackError as exc:
