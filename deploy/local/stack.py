@@ -1,7 +1,7 @@
 """The local stack: Pub/Sub, BigQuery and Cloud Storage emulators plus the function, on free ports.
 
-Run it in the foreground with ``python -m deploy.local.stack`` (``make stack``), or use it from
-Python (the test suite does)::
+Run it in the foreground with ``python -m deploy.local.stack`` (``make stack``, see
+``deploy/local/foreground.py``), or use it from Python (the test suite does)::
 
     with Stack(StackConfig(workdir=tmp_path)) as stack:
         stack.env["FUNCTION_URL"]
@@ -21,8 +21,9 @@ What runs (each piece is described in ``deploy/local/pieces.py``; the process su
 
 Provisioned on start: the request, completion and notification topics; push subscriptions from
 the request and notification topics to the function; a pull subscription on the completion
-topic; the schema and state buckets. ``upload_trigger_detached()`` seeds the schema bucket
-without running the function; ``kill(piece)`` and ``restart(piece)`` serve outage tests.
+topic; the schema and state buckets. ``kill(piece)`` and ``restart(piece)`` serve outage tests;
+``deploy/local/demo.py`` seeds the schema bucket without running the function, as ``make stack``
+and ``make demo`` do.
 
 Every process listens on 127.0.0.1 on a port picked free by the kernel, runs in its own process
 group (so stopping it also stops its children: Java, gunicorn workers) and logs to
@@ -37,9 +38,7 @@ environment cannot redirect them.
 
 from __future__ import annotations
 
-import argparse
 import atexit
-import contextlib
 import fcntl
 import importlib
 import logging
@@ -50,7 +49,7 @@ import sys
 import tempfile
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -211,6 +210,15 @@ class Stack:
             self._lock_file = None
         _live_stacks.discard(self)
 
+    def exited(self) -> dict[str, tuple[int, Path]]:
+        """The pieces that were started and have exited since: their exit code and log."""
+        exited = {}
+        for name, process in self._processes.items():
+            code = process.proc.poll()
+            if code is not None:
+                exited[name] = (code, process.log_path)
+        return exited
+
     def kill(self, component: str) -> None:
         self._check_component(component)
         self._stop_pieces([component])
@@ -275,70 +283,6 @@ class Stack:
             credentials=AnonymousCredentials(),
             client_options={"api_endpoint": self.url("bigquery")},
         )
-
-    @contextlib.contextmanager
-    def upload_trigger_detached(self) -> Iterator[None]:
-        """Uploads to the schema bucket inside this block do not reach the function.
-
-        Like seeding the bucket before deploy.sh attaches the upload trigger. The push
-        subscription from the notification topic to the function is replaced by a pull
-        subscription; on exit, the notifications of the objects finalized in the block (which
-        fake-gcs-server publishes asynchronously) are pulled and dropped, and the push
-        subscription is attached again. Without pubsub, storage and function: does nothing.
-        """
-        cfg = self.config
-        if not {"pubsub", "storage", "function"} <= cfg.components:
-            yield
-            return
-        project = f"projects/{cfg.project}"
-        push = pieces.push_subscription(self, cfg.notification_topic)
-        drain = f"{project}/subscriptions/{cfg.notification_topic}-detached"
-        subscriber, storage_client = self.subscriber(), self.storage_client()
-
-        def generations() -> set[tuple[str, str]]:
-            blobs = storage_client.list_blobs(cfg.schema_bucket, **pieces.admin_call())
-            return {(blob.name, str(blob.generation)) for blob in blobs}
-
-        try:
-            before = generations()
-            subscriber.create_subscription(name=drain, topic=push["topic"], **pieces.admin_call())
-            subscriber.delete_subscription(subscription=push["name"], **pieces.admin_call())
-            try:
-                yield
-            finally:
-                try:
-                    missing = self._drain_notifications(subscriber, drain, generations() - before)
-                finally:
-                    subscriber.create_subscription(request=push, **pieces.admin_call())
-                    subscriber.delete_subscription(subscription=drain, **pieces.admin_call())
-                if missing:
-                    log.warning("upload notifications not seen: %s", sorted(missing))
-        finally:
-            subscriber.close()
-            storage_client.close()
-
-    def _drain_notifications(
-        self, subscriber: pubsub_v1.SubscriberClient, subscription: str, expected: set[tuple[str, str]]
-    ) -> set[tuple[str, str]]:
-        """Pull and ack until a notification for every (objectId, objectGeneration) was seen."""
-        from google.api_core.exceptions import DeadlineExceeded
-
-        missing = set(expected)
-        deadline = time.monotonic() + self.config.start_timeout
-        while missing and time.monotonic() < deadline:
-            try:  # the emulator holds a pull open until a message comes or the call times out
-                response = subscriber.pull(
-                    subscription=subscription, max_messages=100, timeout=2.0, retry=None
-                )
-            except DeadlineExceeded:
-                continue
-            for received in response.received_messages:
-                attributes = received.message.attributes
-                missing.discard((attributes.get("objectId"), attributes.get("objectGeneration")))
-            if response.received_messages:
-                ack_ids = [m.ack_id for m in response.received_messages]
-                subscriber.acknowledge(subscription=subscription, ack_ids=ack_ids, **pieces.admin_call())
-        return missing
 
     # ---- start ----------------------------------------------------------------------------
 
@@ -459,92 +403,7 @@ class Stack:
         return grpc.insecure_channel(f"{HOST}:{self._ports['pubsub']}")
 
 
-# --------------------------------------------------------------------------------------------
-# python -m deploy.local.stack
+if __name__ == "__main__":  # python -m deploy.local.stack (make stack): see foreground.py
+    from deploy.local.foreground import main
 
-
-class _Stopped(BaseException):
-    """SIGTERM or SIGHUP. Not a KeyboardInterrupt: CPython remembers a KeyboardInterrupt raised
-    inside code some extension module evaluates while it is imported (the seeding's imports),
-    even once caught, and then ends the process by SIGINT instead of its exit code."""
-
-
-def _raise_stopped(signum: int, frame: object) -> None:
-    raise _Stopped(signal.Signals(signum).name)
-
-
-_GUIDE = """
-The stack is running; Ctrl-C stops it. In another shell:
-  source {workdir}/env                     # these variables, and this environment on PATH
-  python -m function plan                  # compare {source} with BigQuery
-  python -m function events --follow       # watch the function's runs (uploads run it too)
-  python -m function sync --from schemas   # upload edited schemas: says first what they will do
-Logs: {workdir}/function.log (the function's JSON lines), and one per emulator beside it."""
-
-
-def _seed(stack: Stack) -> None:
-    """The bundled schemas in the schema bucket, as deploy.sh seeds it: before the upload
-    trigger runs the function on them."""
-    from function.config import BUNDLED_SCHEMAS
-    from function.sync import sync_folder
-
-    source = stack.env.get("SCHEMA_SOURCE")
-    if source is None:
-        return
-    with stack.upload_trigger_detached():
-        uploaded = sync_folder(stack.storage_client(), BUNDLED_SCHEMAS, source)
-    log.info("seeded %s with %d bundled schema files", source, len(uploaded))
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m deploy.local.stack",
-        description="Run the emulators and the function locally, in the foreground.",
-    )
-    parser.add_argument("--project", default=StackConfig.project)
-    parser.add_argument(
-        "--no-function", action="store_true", help="emulators only (to run functions-framework yourself)"
-    )
-    parser.add_argument(
-        "--empty", action="store_true", help="leave the schema bucket empty (default: the bundled schemas/)"
-    )
-    parser.add_argument(
-        "--workdir", type=Path, default=StackConfig.workdir, help="logs and .env (default: .stack)"
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-
-    components = set(COMPONENTS) - ({"function"} if args.no_function else set())
-    stack = Stack(StackConfig(project=args.project, components=frozenset(components), workdir=args.workdir))
-    signal.signal(signal.SIGTERM, _raise_stopped)
-    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # nohup keeps it ignored
-        signal.signal(signal.SIGHUP, _raise_stopped)
-    try:
-        stack.start()
-        for name, value in stack.env.items():
-            print(f"export {name}={shlex.quote(value)}", flush=True)
-        if not args.empty:
-            _seed(stack)
-        log.info(_GUIDE.format(workdir=stack.config.workdir, source=stack.env.get("SCHEMA_SOURCE", "")))
-        reported: set[str] = set()
-        while True:
-            for name, piece in stack._processes.items():
-                code = piece.proc.poll()
-                if code is not None and name not in reported:
-                    reported.add(name)
-                    log.error("%s exited (code %s); see %s", name, code, piece.log_path)
-            time.sleep(1.0)
-    except (KeyboardInterrupt, _Stopped):
-        log.info("stopping")
-        return 0
-    except StackError as exc:
-        log.error("error: %s", exc)
-        return 1
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop short
-        stack.stop()
-
-
-if __name__ == "__main__":
     sys.exit(main())

@@ -26,6 +26,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
 from deploy.local import supervisor
+from deploy.local.demo import upload_trigger_detached
 from deploy.local.stack import HOST, REPO_ROOT, Stack, StackConfig, StackError
 
 pytestmark = pytest.mark.emulators
@@ -248,7 +249,7 @@ def test_upload_notification_reaches_function(stack: Stack, events: Path) -> Non
 def test_uploads_while_the_trigger_is_detached_do_not_reach_the_function(stack: Stack, events: Path) -> None:
     cfg = stack.config
     seeded = f"{cfg.schema_prefix}seed{uuid.uuid4().hex[:8]}.json"
-    with stack.upload_trigger_detached():
+    with upload_trigger_detached(stack):
         storage = stack.storage_client()
         try:
             storage.bucket(cfg.schema_bucket).blob(seeded).upload_from_string("[]", timeout=10)
