@@ -350,12 +350,6 @@ remove_binding() {
   POLICY=$(grep -Fxv -- "$role"$'\t'"$member" <<<"$POLICY" || true)
 }
 
-# Forget the cached policy.
-forget_policy() {
-  POLICY_KEY=""
-  POLICY=""
-}
-
 # ---------------------------------------------------------------------------------------------
 # BigQuery datasets and the runtime account's entries in their access lists.
 #
