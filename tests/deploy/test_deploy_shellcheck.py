@@ -36,7 +36,13 @@ def shell_scripts() -> list[Path]:
 
 def test_the_deploy_scripts_are_found() -> None:
     names = {p.relative_to(REPO).as_posix() for p in shell_scripts()}
-    assert {"deploy/deploy.sh", "deploy/teardown.sh", "deploy/lib.sh", ".ci/run"} <= names
+    assert {
+        "deploy/deploy.sh",
+        "deploy/steps.sh",
+        "deploy/teardown.sh",
+        "deploy/lib.sh",
+        ".ci/run",
+    } <= names
 
 
 def test_shellcheck() -> None:
