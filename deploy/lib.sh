@@ -44,6 +44,8 @@ sha256() {
   fi
 }
 
+lower() { tr '[:upper:]' '[:lower:]' <<<"$1"; }
+
 # ---------------------------------------------------------------------------------------------
 # Settings: each is a flag and an environment variable of the same meaning; the flag wins.
 #
@@ -350,12 +352,6 @@ remove_binding() {
   POLICY=$(grep -Fxv -- "$role"$'\t'"$member" <<<"$POLICY" || true)
 }
 
-# Forget the cached policy.
-forget_policy() {
-  POLICY_KEY=""
-  POLICY=""
-}
-
 # ---------------------------------------------------------------------------------------------
 # BigQuery datasets and the runtime account's entries in their access lists.
 #
@@ -421,4 +417,11 @@ set_access() {
   [[ $DATASET_ROLES != "$want" ]] || return 0
   mutate_retry bq update --dataset --update_mode=update_acl --source="$source" \
     --etag="$DATASET_ETAG" "$GOOGLE_CLOUD_PROJECT:$ds"
+}
+
+# delete_dataset DATASET: deletes it with every table in it, if it exists (for teardown).
+delete_dataset() {
+  if exists bq show --format=none --dataset "$GOOGLE_CLOUD_PROJECT:$1" || ((DRY_RUN)); then
+    mutate bq rm --recursive --force --dataset "$GOOGLE_CLOUD_PROJECT:$1"
+  fi
 }

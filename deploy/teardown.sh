@@ -84,7 +84,7 @@ fi
 # 1. The schema-upload trigger. It lives where the schema bucket lives (deploy.sh put it there).
 TRIGGER_LOCATION=$R
 if exists storage buckets describe "gs://$BOOTSTRAP_SCHEMA_BUCKET" --format='value(location)'; then
-  TRIGGER_LOCATION=$(tr '[:upper:]' '[:lower:]' <<<"$OUT")
+  TRIGGER_LOCATION=$(lower "$OUT")
 fi
 if exists eventarc triggers describe "$STORAGE_TRIGGER" --location="$TRIGGER_LOCATION" \
   --format='value(name)' || ((DRY_RUN)); then
@@ -163,18 +163,13 @@ for bucket in "$BOOTSTRAP_SCHEMA_BUCKET" "$BOOTSTRAP_STATE_BUCKET"; do
   fi
 done
 
-bq_delete_dataset() { # DATASET
-  if exists bq show --format=none --dataset "$P:$1" || ((DRY_RUN)); then
-    mutate bq rm --recursive --force --dataset "$P:$1"
-  fi
-}
 if ((DELETE_DATASET)); then
-  bq_delete_dataset "$BOOTSTRAP_DATASET"
+  delete_dataset "$BOOTSTRAP_DATASET"
 else
   log "kept dataset $P:$BOOTSTRAP_DATASET (pass --delete-dataset to delete it and its tables)"
 fi
 if ((DELETE_BACKUPS)); then
-  bq_delete_dataset "$BOOTSTRAP_BACKUP_DATASET"
+  delete_dataset "$BOOTSTRAP_BACKUP_DATASET"
 else
   log "kept dataset $P:$BOOTSTRAP_BACKUP_DATASET (pass --delete-backups to delete it)"
 fi

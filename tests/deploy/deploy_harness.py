@@ -1,7 +1,8 @@
 """The deploy script tests' harness: a copy of what deploy.sh reads, and a recording fake
-`gcloud`, `bq` and Python on PATH (tests/deploy/fake_gcloud.py). The copy holds the real
-`function` package: the scripts' settings check is the function's own, and runs for real. A
-module of its own (not conftest.py) so that the tests import it by a name no other suite uses."""
+`gcloud`, `bq` and Python on PATH (tests/deploy/fake_gcloud.py: small bash wrappers, answered by
+one server in this process). The copy holds the real `function` package: the scripts' settings
+check is the function's own, and runs for real. A module of its own (not conftest.py) so that the
+tests import it by a name no other suite uses."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import fake_gcloud
+
 REPO = Path(__file__).resolve().parents[2]
-FAKE = Path(__file__).resolve().parent / "fake_gcloud.py"
+BASH = shutil.which("bash") or "/bin/bash"
 PROJECT = "acme-tenants-prod"
 PROJECT_NUMBER = "123456789012"
 
@@ -120,9 +123,10 @@ class Harness:
         (self.root / "tests").mkdir()
         (self.root / "tests" / "test_x.py").write_text("")
         self.bin.mkdir()
+        port = fake_gcloud.server().port
         for prog in ("gcloud", "bq", "python"):
             wrapper = self.bin / prog
-            wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE}" {prog} "$@"\n')
+            wrapper.write_text(fake_gcloud.wrapper(prog, port, BASH, sys.executable))
             wrapper.chmod(0o755)
 
     def write_schema(self, table: str, column: str) -> None:

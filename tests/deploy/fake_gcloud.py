@@ -1,13 +1,16 @@
 """A recording stand-in for `gcloud`, `bq` and the project's Python, for the deploy script tests.
 
-Run as `python fake_gcloud.py PROG ARGS...` (the tests put small wrappers named gcloud, bq and
-python on PATH). Every call is appended to $FAKE_LOG as a JSON line {"prog", "argv", "cwd"}.
-Resources live in the JSON file $FAKE_STATE: a describe of something missing fails the way gcloud
-does (exit 1, NOT_FOUND), a create of something present fails with ALREADY_EXISTS, and changes are
-written back, so a second run sees what the first one made. $FAKE_FAIL, when it is a substring of
-the joined command line, makes that call fail with PERMISSION_DENIED. $FAKE_SYNC_EXIT is the exit
-status of the fake Python (the schema sync). `python -m function settings` is no call to the cloud:
-it runs for real, with the interpreter running the tests, and is not recorded.
+The tests put small bash wrappers named gcloud, bq and python on PATH (wrapper() writes them). Each
+sends its call (its arguments, working directory and FAKE_* variables) to one server in the test
+process (Server: loopback TCP, bash's /dev/tcp) and prints what answer() returns: the exit
+status, stdout and stderr that the call would have had as a process of its own. Every call is
+appended to $FAKE_LOG as a JSON line {"prog", "argv", "cwd"}. Resources live in the JSON file
+$FAKE_STATE: a describe of something missing fails the way gcloud does (exit 1, NOT_FOUND), a
+create of something present fails with ALREADY_EXISTS, and changes are written back, so a second
+run sees what the first one made. $FAKE_FAIL, when it is a substring of the joined command line,
+makes that call fail with PERMISSION_DENIED. $FAKE_SYNC_EXIT is the exit status of the fake Python
+(the schema sync). `python -m function settings` is no call to the cloud: the python wrapper runs
+it for real, with the interpreter running the tests, and it is not recorded.
 
 `bq` works on datasets (show, mk, update --source, rm) as BigQuery's CLI does: errors are printed on
 stdout, not found and already exists exit 2, a new dataset gets BigQuery's default access entries
@@ -18,10 +21,14 @@ caller removing its own OWNER entry).
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import re
+import shlex
+import socket
 import sys
+import threading
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -146,9 +153,10 @@ def labels_of(value: Any) -> dict[str, str]:
 
 
 class Fake:
-    def __init__(self, state: dict[str, Any], project: str) -> None:
+    def __init__(self, state: dict[str, Any], project: str, cwd: Path) -> None:
         self.state = state
         self.project = project
+        self.cwd = cwd  # the caller's: relative paths in the arguments are relative to it
         self.res: dict[str, Any] = state.setdefault("resources", {})
         self.pol: dict[str, list[list[str]]] = state.setdefault("policies", {})
 
@@ -168,7 +176,7 @@ class Fake:
         fmt = flags.get("format")
         p = self.project
         if words[:1] == ["meta"]:
-            return list_files(words[2] if len(words) > 2 else ".")
+            return list_files(self.cwd / (words[2] if len(words) > 2 else "."))
         if words == ["services", "list"]:
             return formatted([{"config": {"name": s}} for s in self.state["services"]], fmt)
         if words[:2] == ["services", "enable"]:
@@ -400,7 +408,7 @@ class Fake:
             raise Fail(f"fake bq: --update_mode={flags['update_mode']} does not update access", 3)
         if "etag" in flags and flags["etag"] != record.get("etag"):
             raise Fail("BigQuery error in update operation: Precondition check failed.")
-        payload = json.loads(Path(flags["source"]).read_text())
+        payload = json.loads((self.cwd / flags["source"]).read_text())
         if "access" not in payload:
             return
         access = []
@@ -429,47 +437,155 @@ class Fake:
         record["etag"] = f"etag-{int(str(record.get('etag', 'etag-0')).rsplit('-', 1)[-1]) + 1}"
 
 
-def list_files(directory: str) -> str:
+def list_files(directory: Path) -> str:
     """`gcloud meta list-files-for-upload`: the repository's own .gcloudignore rules, which
     tests/deploy/test_deploy_upload.py checks against the real gcloud where it is installed."""
     import gcloudignore  # beside this file
 
-    return "".join(f + "\n" for f in sorted(gcloudignore.upload_set(Path(directory))))
+    return "".join(f + "\n" for f in sorted(gcloudignore.upload_set(directory)))
 
 
-def main() -> int:
-    prog, argv = sys.argv[1], sys.argv[2:]
-    if prog == "python" and argv[:3] == ["-m", "function", "settings"]:
-        os.execv(sys.executable, [sys.executable, *argv])
-    log = os.environ.get("FAKE_LOG")
+# ---------------------------------------------------------------------------------------------
+# One call
+
+
+def answer(prog: str, argv: list[str], cwd: str, env: dict[str, str]) -> tuple[int, str, str]:
+    """What `PROG ARGV...` run in CWD with the FAKE_* variables ENV does: (exit status, stdout,
+    stderr). An error of the fake itself is a traceback and exit 1, as a Python process of its
+    own would show it."""
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        rc = _call(prog, argv, Path(cwd), env, out, err)
+    except Exception:
+        err.write(traceback.format_exc())
+        rc = 1
+    return rc, out.getvalue(), err.getvalue()
+
+
+def _call(
+    prog: str, argv: list[str], cwd: Path, env: dict[str, str], out: io.StringIO, err: io.StringIO
+) -> int:
+    log = env.get("FAKE_LOG")
     if log:
-        with open(log, "a") as fh:
-            fh.write(json.dumps({"prog": prog, "argv": argv, "cwd": os.getcwd()}) + "\n")
+        with open(cwd / log, "a") as fh:
+            fh.write(json.dumps({"prog": prog, "argv": argv, "cwd": str(cwd)}) + "\n")
     if prog == "python":
-        return int(os.environ.get("FAKE_SYNC_EXIT", "0"))
+        return int(env.get("FAKE_SYNC_EXIT", "0"))
 
     # bq prints its errors on stdout; gcloud on stderr.
-    errors = sys.stdout if prog == "bq" else sys.stderr
-    fail = os.environ.get("FAKE_FAIL")
+    errors = out if prog == "bq" else err
+    fail = env.get("FAKE_FAIL")
     if fail and fail in " ".join(argv):
         who = "BigQuery error in operation:" if prog == "bq" else "ERROR: (gcloud)"
         errors.write(f"{who} PERMISSION_DENIED: fake failure of {fail!r}\n")
         return 1
 
-    state_path = Path(os.environ["FAKE_STATE"])
+    state_path = cwd / env["FAKE_STATE"]
     state = load_state(state_path) or empty_state()
     _, flags = parse(argv)
     project = flags.get("project") or flags.get("project_id") or "unset-project"
-    fake = Fake(state, project)
+    fake = Fake(state, project, cwd)
     try:
-        out = fake.bq(argv) if prog == "bq" else fake.gcloud(argv)
+        text = fake.bq(argv) if prog == "bq" else fake.gcloud(argv)
     except Fail as exc:
         errors.write(f"{exc}\n")
         return exc.code
     state_path.write_text(json.dumps(state, indent=1, sort_keys=True))
-    sys.stdout.write(out)
+    out.write(text)
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+# ---------------------------------------------------------------------------------------------
+# The server and its wrappers
+#
+# A request is NUL-terminated fields: how many follow, then PROG, the working directory, how many
+# FAKE_* variables follow, each as NAME=VALUE, then the arguments. The answer is three
+# NUL-terminated fields: the exit status, stdout, stderr (the fake prints no NUL).
+
+ENV_NAMES = ("FAKE_LOG", "FAKE_STATE", "FAKE_FAIL", "FAKE_SYNC_EXIT")
+
+
+def _request(conn: socket.socket) -> list[str]:
+    data = b""
+    while True:
+        chunk = conn.recv(65536)
+        if not chunk:
+            raise ConnectionError("the wrapper closed the connection before its request was whole")
+        data += chunk
+        count, sep, rest = data.partition(b"\0")
+        if sep and rest.count(b"\0") >= int(count):
+            return [f.decode() for f in rest.split(b"\0")[: int(count)]]
+
+
+def _serve_one(conn: socket.socket) -> None:
+    fields = _request(conn)
+    prog, cwd, n = fields[0], fields[1], int(fields[2])
+    env = dict(pair.split("=", 1) for pair in fields[3 : 3 + n])
+    rc, out, err = answer(prog, fields[3 + n :], cwd, env)
+    if "\0" in out + err:
+        rc, out, err = 3, "", f"fake {prog}: a NUL byte in its output cannot be sent\n"
+    conn.sendall(f"{rc}\0{out}\0{err}\0".encode())
+
+
+class Server:
+    """The fake's one server in the test process, on a free loopback port. Calls are answered
+    one at a time, in the order they connect (the scripts make one at a time)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, name="fake-gcloud", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            conn, _ = self.sock.accept()
+            with conn:
+                conn.settimeout(60)
+                try:
+                    _serve_one(conn)
+                except (OSError, ValueError) as exc:
+                    print(f"fake gcloud server: a call was dropped: {exc!r}", file=sys.stderr)
+
+
+_server: Server | None = None
+_server_lock = threading.Lock()
+
+
+def server() -> Server:
+    """The server, started by the first harness of the test process."""
+    global _server
+    with _server_lock:
+        if _server is None:
+            _server = Server()
+        return _server
+
+
+def wrapper(prog: str, port: int, bash: str, python: str) -> str:
+    """The script installed as PROG: bash (3.2 and later), for its /dev/tcp, and no other
+    process. The python wrapper runs `python -m function settings` itself, with PYTHON (the
+    interpreter running the tests)."""
+    settings = ""
+    if prog == "python":
+        settings = (
+            'if [ "$1" = -m ] && [ "$2" = function ] && [ "$3" = settings ]; then\n'
+            f'  exec {shlex.quote(python)} "$@"\n'
+            "fi\n"
+        )
+    names = " ".join(ENV_NAMES)
+    return f"""#!{bash}
+# {prog} for the deploy tests: the call is answered by tests/deploy/fake_gcloud.py's server.
+{settings}cd -P . || exit 125
+env=()
+for name in {names}; do
+  if [ -n "${{!name+set}}" ]; then env+=("$name=${{!name}}"); fi
+done
+exec 3<>/dev/tcp/127.0.0.1/{port} || exit 125
+printf '%s\\0' "$((${{#env[@]}} + $# + 3))" {prog} "$PWD" "${{#env[@]}}" "${{env[@]}}" "$@" >&3
+if ! {{ IFS= read -r -d '' rc && IFS= read -r -d '' out && IFS= read -r -d '' err; }} <&3; then
+  echo "fake {prog}: no answer from the fake's server on port {port}" >&2
+  exit 125
+fi
+printf '%s' "$out"
+printf '%s' "$err" >&2
+exit "$rc"
+"""

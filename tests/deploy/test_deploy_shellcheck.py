@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from deploy_harness import Harness
 
 REPO = Path(__file__).resolve().parents[2]
 SKIP_DIRS = {".git", ".venv", ".venv-emulator", "venv", "node_modules", ".stack", ".bench", "__pycache__"}
@@ -35,7 +36,13 @@ def shell_scripts() -> list[Path]:
 
 def test_the_deploy_scripts_are_found() -> None:
     names = {p.relative_to(REPO).as_posix() for p in shell_scripts()}
-    assert {"deploy/deploy.sh", "deploy/teardown.sh", "deploy/lib.sh", ".ci/run"} <= names
+    assert {
+        "deploy/deploy.sh",
+        "deploy/steps.sh",
+        "deploy/teardown.sh",
+        "deploy/lib.sh",
+        ".ci/run",
+    } <= names
 
 
 def test_shellcheck() -> None:
@@ -50,4 +57,14 @@ def test_shellcheck() -> None:
         text=True,
         check=False,
     )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_shellcheck_the_fake_gcloud_wrappers(harness: Harness) -> None:
+    """The deploy tests' gcloud, bq and python: written by the harness, outside the repository."""
+    exe = shutil.which("shellcheck")
+    if not exe:
+        pytest.skip("shellcheck is not installed: the shell scripts were not checked")
+    wrappers = [str(harness.bin / prog) for prog in ("gcloud", "bq", "python")]
+    done = subprocess.run([exe, *wrappers], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
