@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -73,8 +72,7 @@ class Backups:
             self.store.ref(name),
             job_id=job_id,
             write_disposition="WRITE_EMPTY",
-            # A large table takes a while to copy: wait as long as the invocation may.
-            wait=max(self.bq.deadline, authorization.deadline - time.monotonic()),
+            wait=authorization.wait(self.bq.deadline),  # a large table takes a while to copy
         )
         expires = now + self.ttl
         meta = {"backup_of": f"{self.bq.dataset_ref.dataset_id}.{table}", "request_id": request_id}

@@ -23,6 +23,8 @@ from .bigquery_adapter import BigQueryAdapter, DatasetObject
 from .config import Settings
 from .errors import PermanentError, RefusedError, TransientError
 from .gate import DATASET_STEP, Authorization, check_consents, select_tables
+from .migrate import Migrator, copied_step
+from .migration import Migration, plan_migration
 from .model import DatasetSpec, DeclaredState, TableSpec
 from .plan import Action, DatasetPlan, TablePlan, plan_dataset, plan_table
 from .request import BootstrapRequest
@@ -162,6 +164,7 @@ class _Convergence:
         self.settings = engine.settings
         self.bq = engine.bq
         self.backups = Backups(engine.bq, engine.settings)
+        self.migrator = Migrator(engine.bq, self.backups, request.request_id)
         self.request = request
         self.authorization = authorization
         self.dataset_updates = dataset_updates
@@ -289,8 +292,18 @@ class _Convergence:
         recreate = forced
         altered: TablePlan | None = None  # the plan whose DDL statements were run
         try:
+            if self.request.keeps_rows and copied_step(name) in self.done and not self.request.dry_run:
+                # The last delivery copied the rows, then stopped before the swap.
+                rows = self.migrator.finish(name, self._authorization())
+                if rows is not None:
+                    return TableResult(name, "recreated", (f"{rows} row(s) migrated (resumed)",))
+                actual, obj = self.bq.get_table(name)  # written since the copy: migrated again
             for _ in range(MAX_ATTEMPTS):
                 plan = self._plan_table(spec, actual, recreate)
+                if plan.action is Action.RECREATE and actual is not None and self.request.keeps_rows:
+                    return self._migrate(
+                        spec, plan, plan_migration(spec, actual, drop_columns=self.request.drop_columns)
+                    )
                 if self.request.dry_run or plan.action is Action.BLOCKED:
                     return self._result(plan)
                 if plan.action is Action.UNCHANGED:
@@ -307,6 +320,21 @@ class _Convergence:
         except PermanentError as exc:
             return TableResult(name, "failed", (), str(exc))
         return TableResult(name, "failed", (), "the table kept changing under concurrent writers; run again")
+
+    def _migrate(self, spec: TableSpec, plan: TablePlan, migration: Migration) -> TableResult:
+        """A forced recreation that carries the rows across (the request's rows: "keep")."""
+        if migration.problems:
+            error = (
+                f"refused to migrate the rows: {'; '.join(migration.problems)}. Nothing was changed. Or "
+                'send the request with "rows": "discard" (the rows then stay only in the backup)'
+            )
+            return TableResult(spec.name, "blocked", migration.problems, error)
+        statements = self.migrator.statements(migration)
+        changes = plan.changes + migration.changes
+        if not self.request.dry_run:
+            rows = self.migrator.migrate(spec, migration, self._authorization())
+            changes += (f"{rows} row(s) migrated",)
+        return TableResult(spec.name, "recreated", changes, None, statements)
 
     def _plan_table(self, spec: TableSpec, actual: TableSpec | None, recreate: bool) -> TablePlan:
         return plan_table(spec, actual, recreate=recreate, drop_columns=self.request.drop_columns)

@@ -118,6 +118,11 @@ class Authorization:
             )
         return Fence(step, self.progress.renew(), self.ends)
 
+    def wait(self, at_least: float) -> float:
+        """How long a job (a copy of a large table) may be waited for: as long as the invocation
+        may still start destructive steps, and never less than `at_least`."""
+        return max(at_least, self.deadline - time.monotonic())
+
     @property
     def done(self) -> frozenset[str]:
         return self.progress.done

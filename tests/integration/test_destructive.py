@@ -22,6 +22,7 @@ from function.config import Settings
 from function.engine import Engine, EnsureResult
 from function.errors import PermanentError, TransientError
 from function.ledger import Entry, Ledger, LostLease
+from function.migrate import copied_step
 from function.request import BootstrapRequest, request_from_fields
 from function.schema_files import load_declared_state
 from function.storage_adapter import Bucket
@@ -70,10 +71,12 @@ def deliver(
     *,
     started: float | None = None,
     ledger: Ledger | None = None,
+    files: dict[str, bytes] | None = None,
 ) -> EnsureResult | Entry:
     """One delivery of `request`, as the function handles it: the gate (with the ledger), the
-    engine, then the ledger's answer; a failure that raises gives the claim up first."""
-    declared = load_declared_state(bundled_files())
+    engine, then the ledger's answer; a failure that raises gives the claim up first. `files`:
+    the declared state (the bundled schemas unless given)."""
+    declared = load_declared_state(files or bundled_files())
     ledger = ledger or Ledger(Bucket(gcs, StackConfig.state_bucket, 5), settings)
     granted = gate.authorize(request, declared, settings, ledger, started=started or time.monotonic())
     if isinstance(granted, Entry):
@@ -151,9 +154,10 @@ def test_eight_forced_tables_are_each_recreated_once_with_every_row_kept(
     assert {t.table: t.action for t in result.tables} == {t: "recreated" for t in TABLES}
     assert drops(bigquery_proxy) == {t: 1 for t in TABLES}
     assert sorted(b["table"] for b in result.backups) == TABLES
+    assert {t: tenant_ids(client, dataset_name, t) for t in TABLES} == written  # migrated, in place
     assert_every_row_survives(client, dataset_name, written)
     entry = Ledger(Bucket(gcs, StackConfig.state_bucket, 5), settings).lookup(request)
-    assert entry is not None and entry.data["recreated"] == TABLES
+    assert entry is not None and entry.data["recreated"] == sorted(TABLES + [copied_step(t) for t in TABLES])
     again = deliver(settings, gcs, request)
     assert isinstance(again, Entry) and again.state == "done"
     assert drops(bigquery_proxy) == {t: 1 for t in TABLES}
@@ -183,8 +187,9 @@ def test_a_crash_between_two_recreations_resumes_without_dropping_anything_twice
     assert_every_row_survives(client, dataset_name, written)
 
 
+@pytest.mark.parametrize("rows", ["keep", "discard"])
 def test_a_run_past_its_deadline_stops_and_redeliveries_finish_the_work(
-    dataset_name, storage_stack, gcs, client, bigquery_stack
+    rows, dataset_name, storage_stack, gcs, client, bigquery_stack
 ):
     with Proxy(bigquery_stack.env["BIGQUERY_EMULATOR_HOST"], latency=0.2) as proxy:
         settings = settings_for(
@@ -192,14 +197,14 @@ def test_a_run_past_its_deadline_stops_and_redeliveries_finish_the_work(
         )
         written = bootstrap_with_rows(settings, client)
         proxy.reset()
-        request = forced(dataset_name)
+        request = forced(dataset_name, rows=rows)
         # Deadline = start + timeout - retry deadline: one second from now, mid-way through.
         with pytest.raises(gate.DeadlinePassed):
             deliver(settings, gcs, request, started=time.monotonic() - 6)
         first = drops(proxy)
         assert len(first) < len(TABLES)
 
-        for _ in range(len(TABLES)):  # each redelivery goes on from where the last one stopped
+        for _ in range(3 * len(TABLES)):  # each redelivery goes on from where the last one stopped
             try:
                 result = deliver(settings, gcs, request)
                 break

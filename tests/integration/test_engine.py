@@ -310,7 +310,10 @@ def test_forced_recreation_is_refused_without_all_three_consents(
     assert row_count(client, dataset_name, table) == 1
 
 
-def test_forced_recreation_with_all_three_consents_recreates(bigquery_proxy, dataset_name, client):
+@pytest.mark.parametrize(("rows", "left"), [("keep", 1), ("discard", 0)])
+def test_forced_recreation_with_all_three_consents_recreates(
+    rows, left, bigquery_proxy, dataset_name, client
+):
     settings = settings_for(bigquery_proxy, dataset_name, ALLOW_DESTRUCTIVE="true")
     apply(settings, bundled_files())
     table = "tenant_profiles"
@@ -322,12 +325,12 @@ def test_forced_recreation_with_all_three_consents_recreates(bigquery_proxy, dat
     )
 
     result = apply(
-        settings, bundled_files(), tables=[table], force_recreate_tables=True, confirm=dataset_name
+        settings, bundled_files(), tables=[table], force_recreate_tables=True, confirm=dataset_name, rows=rows
     )
 
     assert result.status == "succeeded"
     assert actions(result) == {table: "recreated"}
-    assert row_count(client, dataset_name, table) == 0
+    assert row_count(client, dataset_name, table) == left  # the rows migrated, or discarded
     assert row_count(client, dataset_name, "tenant_api_keys") == 0  # untouched: not selected
     # The backup holds the row and expires on its own, after BOOTSTRAP_BACKUP_TTL_DAYS (7).
     [backup] = result.backups
