@@ -44,8 +44,9 @@ stack: venv
 
 # The quick set: against local-bigquery the 200-table set is bound by the emulator and does not
 # finish (README, Performance). `.venv/bin/python -m tests.benchmarks --help` for the others.
+# Also writes the README's chart.
 bench: venv
-	$(PY) -m tests.benchmarks --quick
+	$(PY) -m tests.benchmarks --quick --chart docs/benchmark.svg
 
 clean:
 	rm -rf $(VENV) $(EMULATOR_VENV) .pytest_cache .ruff_cache .stack .bench

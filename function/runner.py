@@ -20,10 +20,10 @@ from .config import Settings
 from .engine import Engine, EnsureResult, Prefetch
 from .errors import RefusedError
 from .manifest import MANIFEST_NAME
-from .model import DeclaredState
+from .model import BIGQUERY_NAME, DeclaredState
 from .request import BootstrapRequest
 from .schema_files import load_declared_state
-from .sources import Snapshot, Superseded, parse_gcs_uri, read_prefix, read_source, read_upload
+from .sources import Listed, Snapshot, Superseded, parse_gcs_uri, read_prefix, read_source, read_upload
 
 if TYPE_CHECKING:  # imported where used: a bootstrap from a folder needs neither
     from google.cloud import storage
@@ -109,7 +109,15 @@ def converge(
         one = upload is not None and upload[0] != MANIFEST_NAME
         guess = (upload[0].removesuffix(".json"),) if one else _HELD.tables(settings.schema_source)  # type: ignore[index]
         prefetched = Prefetch(adapter, _selected(request, guess), pool)
-        declared = _HELD.declared(settings, upload)
+
+        def read_listed(names: Iterable[str]) -> None:
+            """The listed tables not read yet are read while their files download."""
+            tables = (n.removesuffix(".json") for n in names if n != MANIFEST_NAME)
+            for name in _selected(request, (t for t in tables if BIGQUERY_NAME.fullmatch(t))):
+                if name not in prefetched.tables:
+                    prefetched.tables[name] = pool.submit(adapter.get_table, name)
+
+        declared = _HELD.declared(settings, upload, read_listed)
         if isinstance(declared, Superseded):
             return declared
         missing = [t for t in _selected(request, declared.tables) if t not in prefetched.tables]
@@ -134,15 +142,19 @@ class _Held:
         names = (n.removesuffix(".json") for n, _ in held.generations) if held else ()
         return tuple(n for n in names if n != MANIFEST_NAME)
 
-    def declared(self, settings: Settings, upload: tuple[str, int] | None) -> DeclaredState | Superseded:
+    def declared(
+        self, settings: Settings, upload: tuple[str, int] | None, listed: Listed
+    ) -> DeclaredState | Superseded:
         source = settings.schema_source
         name, prefix = parse_gcs_uri(source)
         with self._lock:
             held = self._snapshots.get(source)
         if upload is None:
-            snapshot: Snapshot | Superseded = read_prefix(bucket(settings, name), prefix, held=held)
+            snapshot: Snapshot | Superseded = read_prefix(
+                bucket(settings, name), prefix, held=held, listed=listed
+            )
         else:
-            snapshot = read_upload(bucket(settings, name), prefix, *upload, held=held)
+            snapshot = read_upload(bucket(settings, name), prefix, *upload, held=held, listed=listed)
         if isinstance(snapshot, Superseded):
             return snapshot
         complete = upload is None  # an upload's bucket may still be filling (sync sends the manifest first)

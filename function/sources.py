@@ -7,7 +7,7 @@ without being held in memory whole.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,23 +60,39 @@ class Snapshot:
     generations: tuple[tuple[str, int], ...]  # (name, generation), sorted: the snapshot's identity
 
 
-def read_prefix(bucket: Bucket, prefix: str, *, held: Snapshot | None = None) -> Snapshot:
+Listed = Callable[[Iterable[str]], None]  # told the file names of each listing, before any download
+
+
+def _nothing(names: Iterable[str]) -> None:
+    return None
+
+
+def read_prefix(
+    bucket: Bucket, prefix: str, *, held: Snapshot | None = None, listed: Listed = _nothing
+) -> Snapshot:
     """The schema files directly under `prefix`, each read at the generation the listing saw
     (so a file replaced meanwhile is not mixed in). A file `held` already has at the listed
-    generation is not downloaded again."""
-    return _snapshot(bucket, prefix, None, held)  # type: ignore[return-value]
+    generation is not downloaded again. `listed` hears the names as soon as they are listed
+    (the caller starts the requests the files will need while they download)."""
+    return _snapshot(bucket, prefix, None, held, listed)  # type: ignore[return-value]
 
 
 def read_upload(
-    bucket: Bucket, prefix: str, name: str, generation: int, *, held: Snapshot | None = None
+    bucket: Bucket,
+    prefix: str,
+    name: str,
+    generation: int,
+    *,
+    held: Snapshot | None = None,
+    listed: Listed = _nothing,
 ) -> Snapshot | Superseded:
     """`read_prefix` for the upload of `name` at `generation`: `Superseded` when that generation
     is no longer the live one."""
-    return _snapshot(bucket, prefix, (name, generation), held)
+    return _snapshot(bucket, prefix, (name, generation), held, listed)
 
 
 def _snapshot(
-    bucket: Bucket, prefix: str, pinned: tuple[str, int] | None, held: Snapshot | None
+    bucket: Bucket, prefix: str, pinned: tuple[str, int] | None, held: Snapshot | None, heard: Listed
 ) -> Snapshot | Superseded:
     """One listing, then the downloads at once (a bounded pool). A file replaced or deleted
     between the listing and its read is another writer's change, not a broken source: the
@@ -84,6 +100,7 @@ def _snapshot(
     kept = dict(held.generations) if held else {}
     for _ in range(SNAPSHOT_ATTEMPTS):
         listed = {n: o for n, o in bucket.list(prefix).items() if is_schema_file(n)}
+        heard(sorted(listed))
         if pinned is not None:
             live = listed.get(pinned[0])
             if live is None or live.generation != pinned[1]:

@@ -24,10 +24,10 @@ from pathlib import Path
 from function.config import Settings
 from function.ratelimit import BIGQUERY_RATES, MARGIN
 
-from . import bqloop, coldstart, report, scenarios, tables
+from . import bqloop, chart, coldstart, report, scenarios, tables
 from .harness import REPO, Bench, Measured
 
-SCENARIOS = ("bundled", "generated", "no-limiter", "cold-start", "bq")
+SCENARIOS = ("bundled", "generated", "no-limiter", "bucket", "cold-start", "bq")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -45,14 +45,22 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         choices=SCENARIOS,
         help="run only these scenarios (repeatable): bundled (8 tables), generated (--tables), "
-        "no-limiter (generated, client-side rate limiter off), cold-start, bq (bq mk -f loop)",
+        "no-limiter (generated, client-side rate limiter off), bucket (the 8 tables and, without "
+        "--quick, the generated ones from a bucket, cold and warm), cold-start, bq (bq mk -f loop)",
     )
-    parser.add_argument("--quick", action="store_true", help="30 tables, one repetition, fewer variants")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="30 generated tables, the bucket scenarios on the 8 tables only, one repetition, fewer variants",
+    )
     parser.add_argument("--repetitions", type=int, default=5, help="cold-start repetitions (median)")
     parser.add_argument(
         "--bq-generated", action="store_true", help="also run the bq loop on the generated tables"
     )
     parser.add_argument("--json", type=Path, help="also write the rows to this file")
+    parser.add_argument(
+        "--chart", type=Path, help="also write an SVG chart of wall time against the physical limit"
+    )
     parser.add_argument("--verbose", action="store_true", help="requests by method and path, per row")
     args = parser.parse_args(argv)
     if args.quick:
@@ -67,7 +75,8 @@ def run(args: argparse.Namespace, workdir: Path) -> list[Measured]:
         chosen.discard("no-limiter")
     measured_variant = scenarios.default(args.concurrency)
     rows: list[Measured] = []
-    with Bench(workdir, args.latency, pubsub="cold-start" in chosen) as bench:
+    # Pub/Sub for the completion events: the cold start's, and the bucket's upload events.
+    with Bench(workdir, args.latency, pubsub=bool({"cold-start", "bucket"} & chosen)) as bench:
         bundled = tables.bundled(workdir / "bundled")
         if "bundled" in chosen:
             _say(f"8 bundled tables: {measured_variant.name} and sequential")
@@ -85,6 +94,21 @@ def run(args: argparse.Namespace, workdir: Path) -> list[Measured]:
             _say(f"{args.tables} generated tables: {', '.join(v.name for v in variants)}")
             label = f"{args.tables} generated tables"
             rows += scenarios.series(bench, label, folder, variants, added_column=added)
+        if "bucket" in chosen:
+            sets = [("8 tables from a bucket", bundled)]
+            if not args.quick:
+                sets.append(
+                    (
+                        f"{args.tables} tables from a bucket",
+                        scenarios.generated_folders(workdir, args.tables)[0],
+                    )
+                )
+            for label, folder in sets:
+                _say(f"{label}: {measured_variant.name} and sequential, cold and warm instances")
+                bench.empty_emulator()
+                rows += scenarios.bucket_series(
+                    bench, label, folder, [measured_variant, scenarios.SEQUENTIAL]
+                )
         if "cold-start" in chosen:
             _say("cold start")
             bench.empty_emulator()
@@ -155,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"- [WRONG OUTCOME] {problem}")
     if args.json:
         args.json.write_text(json.dumps([_jsonable(r) for r in rows], indent=1))
+    if args.chart:
+        title = f"{measured}: wall time and physical limit, {args.latency * 1000:.0f} ms per request"
+        chart.write(args.chart, rows, measured, title)
     return 1 if problems else 0
 
 

@@ -1,10 +1,12 @@
 """The benchmark's harness: the BigQuery emulator (local-bigquery) behind the counting,
-latency-adding, rate-limiting proxy, and engine runs in worker processes, each measured as one
-`Measured` row.
+latency-adding, rate-limiting proxy, fake-gcs-server behind the same kind of proxy (same latency,
+requests counted), and engine runs in worker processes, each run measured as one `Measured` row.
 
-Every run gets a proxy of its own (so rate-limit windows start empty, like a user that was
-idle) and a dataset of its own, in front of one emulator per group of scenarios (restarted empty
-between groups: local-bigquery's cost per request grows with the tables it holds).
+A worker process is a function instance (`Instance`): its first run is a cold instance's, the
+next ones a warm instance's. Each instance gets proxies of its own (so rate-limit windows start
+empty, like a user that was idle) and a dataset of its own, in front of one emulator per group
+of scenarios (restarted empty between groups: local-bigquery's cost per request grows with the
+tables it holds).
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ import collections
 import json
 import os
 import re
+import select
 import subprocess
 import sys
+import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +33,9 @@ REPO = Path(__file__).resolve().parents[2]
 PROJECT = "bench-project"
 INSERT_PATH = re.compile(r"/datasets/[^/]+/tables$")
 WORKER_TIMEOUT = 600.0
+# Between two runs of one instance: BigQuery's rate windows (1 s) empty again, as for a user
+# that was idle, so that a warm run is not charged for the quota its predecessor used.
+IDLE = 1.0
 
 
 @dataclass
@@ -44,6 +52,8 @@ class Measured:
     rejected: int = 0  # answered 403 rateLimitExceeded by the proxy
     inserts: int = 0  # tables.insert requests BigQuery admitted
     repeated_reads: int = 0  # successful reads of a resource already read in this run
+    listings: int | None = None  # Cloud Storage listings (None: the schemas came from a folder)
+    downloads: int | None = None  # Cloud Storage object downloads
     rss_mib: float | None = None
     status: str = ""
     actions: dict[str, int] = field(default_factory=dict)
@@ -107,30 +117,52 @@ def count_requests(records: list[Recorded], measured: Measured) -> None:
     measured.by_endpoint = dict(sorted(endpoints.items()))
 
 
+def count_storage(records: list[Recorded], measured: Measured) -> None:
+    """Fill in the listings and downloads, and add the storage requests to `by_endpoint`."""
+    endpoints = collections.Counter(measured.by_endpoint)
+    measured.listings = measured.downloads = 0
+    for method, path, status in records:
+        endpoints[f"{method} {endpoint(path)}{'' if status == 200 else f' {status}'}"] += 1
+        if path.startswith("/download/"):
+            measured.downloads += 1
+        elif path.endswith("/o"):
+            measured.listings += 1
+    measured.by_endpoint = dict(sorted(endpoints.items()))
+
+
 def endpoint(path: str) -> str:
-    """The path with its names replaced: /bigquery/v2/projects/{p}/datasets/{d}/tables/{t}."""
+    """The path with its names replaced: /bigquery/v2/projects/{p}/datasets/{d}/tables/{t},
+    /download/storage/v1/b/{b}/o/{o}."""
     parts = path.split("/")
     for index in range(1, len(parts) - 1):
-        if parts[index] in ("projects", "datasets", "tables", "jobs"):
+        if parts[index] in ("projects", "datasets", "tables", "jobs", "b", "o"):
             parts[index + 1] = "{" + parts[index][0] + "}"
     return "/".join(parts)
 
 
 class Bench:
-    """An emulator stack (bigquery, and pubsub when the cold start is measured) for one run of
-    the benchmark, as a context manager; or, given `stack`, one that is already running (the
-    harness's test uses the test session's)."""
+    """An emulator stack (bigquery and storage, and pubsub when a scenario publishes completion
+    events) for one run of the benchmark, as a context manager; or, given `stack`, one that is
+    already running (the harness's test uses the test session's, and its `storage` stack)."""
 
     def __init__(
-        self, workdir: Path, latency: float, *, pubsub: bool = False, stack: Stack | None = None
+        self,
+        workdir: Path,
+        latency: float,
+        *,
+        pubsub: bool = False,
+        stack: Stack | None = None,
+        storage: Stack | None = None,
     ) -> None:
         self.workdir = workdir
         self.latency = latency
         self._owned = stack is None
-        components = {"bigquery", "pubsub"} if pubsub else {"bigquery"}
+        components = {"bigquery", "storage", "pubsub"} if pubsub else {"bigquery", "storage"}
         self.stack = stack or Stack(
             StackConfig(project=PROJECT, components=frozenset(components), workdir=workdir / "stack")
         )
+        self.storage = storage or self.stack
+        self._workers = 0
 
     def __enter__(self) -> Bench:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -152,6 +184,15 @@ class Bench:
     def upstream(self) -> str:
         return self.stack.env["BIGQUERY_EMULATOR_HOST"]
 
+    @property
+    def publishes(self) -> bool:
+        """Whether the stack has Pub/Sub, where an upload event's completion event goes."""
+        return "PUBSUB_EMULATOR_HOST" in self.stack.env
+
+    @property
+    def bucket(self) -> str:
+        return self.storage.config.schema_bucket
+
     def proxy(self, *, latency: float | None = None) -> Proxy:
         """A new proxy: the configured latency, BigQuery's rate limits, fresh windows."""
         return Proxy(
@@ -160,9 +201,37 @@ class Bench:
             rate_limits=BIGQUERY_RATE_LIMITS,
         )
 
+    def storage_proxy(self) -> Proxy:
+        """A new proxy in front of fake-gcs-server: the same latency, requests counted (Cloud
+        Storage's own limits are far above what a run sends)."""
+        return Proxy(self.storage.env["STORAGE_EMULATOR_HOST"], latency=self.latency, rewrite_urls=True)
+
     @staticmethod
     def dataset(prefix: str) -> str:
         return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+    def upload(self, prefix: str, files: dict[str, bytes]) -> dict[str, int]:
+        """Write `files` under `prefix` of the schema bucket, straight to the emulator; the
+        generation of each."""
+        client = self.storage.storage_client()
+        try:
+            bucket = client.bucket(self.bucket)
+            generations = {}
+            for name, data in files.items():
+                blob = bucket.blob(prefix + name)
+                blob.upload_from_string(data)
+                generations[name] = blob.generation
+            return generations
+        finally:
+            client.close()
+
+    def drop_dataset(self, dataset: str) -> None:
+        """Delete the dataset and its tables, straight in the emulator (not a measured request)."""
+        client = self.stack.bigquery_client()
+        try:
+            client.delete_dataset(dataset, delete_contents=True, not_found_ok=True)
+        finally:
+            client.close()
 
     def function_env(self, proxy: Proxy, dataset: str, **extra: str) -> dict[str, str]:
         """The function's environment for a run against `proxy`."""
@@ -174,6 +243,27 @@ class Bench:
         }
         env.update(extra)
         return env
+
+    def instance(
+        self,
+        *,
+        schemas: str,
+        dataset: str,
+        concurrency: int | None = None,
+        rate_limited: bool = True,
+        downloads: int | None = None,
+    ) -> Instance:
+        """A new function instance reading `schemas` (a folder, or gs://BUCKET/PREFIX/)."""
+        self._workers += 1
+        return Instance(
+            self,
+            schemas=schemas,
+            dataset=dataset,
+            concurrency=concurrency,
+            rate_limited=rate_limited,
+            downloads=downloads,
+            log=self.workdir / f"worker-{self._workers}.log",
+        )
 
     def run_engine(
         self,
@@ -188,23 +278,98 @@ class Bench:
         request: dict[str, Any] | None = None,
         expected: str | None = None,
     ) -> Measured:
-        """One engine run in a worker process, measured through a fresh proxy."""
-        extra = {"SCHEMA_SOURCE": str(schemas)}
+        """One engine run on a new instance, measured through fresh proxies."""
+        with self.instance(
+            schemas=str(schemas), dataset=dataset, concurrency=concurrency, rate_limited=rate_limited
+        ) as instance:
+            return instance.run(scenario, variant, min_depth=min_depth, request=request, expected=expected)
+
+
+class Instance:
+    """A function instance: a worker process (tests.benchmarks.worker) that serves one run after
+    another through its own proxies, cold on its first run and warm after it. A context manager."""
+
+    def __init__(
+        self,
+        bench: Bench,
+        *,
+        schemas: str,
+        dataset: str,
+        concurrency: int | None,
+        rate_limited: bool,
+        downloads: int | None,
+        log: Path,
+    ) -> None:
+        self.bench = bench
+        self._bigquery = bench.proxy()
+        self._storage = bench.storage_proxy() if schemas.startswith("gs://") else None
+        self._env = {"SCHEMA_SOURCE": schemas}
         if concurrency is not None:
-            extra["BOOTSTRAP_CONCURRENCY"] = str(concurrency)
-        with self.proxy() as proxy:
-            spec = {
-                "env": self.function_env(proxy, dataset, **extra),
-                "request": request or {},
-                "rate_limited": rate_limited,
-            }
-            out = run_worker(spec)
-            records = proxy.requests()
+            self._env["BOOTSTRAP_CONCURRENCY"] = str(concurrency)
+        if bench.publishes:
+            self._env["PUBSUB_EMULATOR_HOST"] = bench.stack.env["PUBSUB_EMULATOR_HOST"]
+            self._env["COMPLETION_TOPIC"] = bench.stack.config.completion_topic
+        self._dataset = dataset
+        self._options = {"rate_limited": rate_limited, "downloads": downloads}
+        self._log_path = log
+        self._process: subprocess.Popen[str] | None = None
+        self._runs = 0
+
+    def __enter__(self) -> Instance:
+        env = dict(self._env)
+        for proxy in self._proxies():
+            proxy.start()
+        if self._storage is not None:
+            env["STORAGE_EMULATOR_HOST"] = self._storage.url
+        spec = {"env": self.bench.function_env(self._bigquery, self._dataset, **env), **self._options}
+        inherited = {k: v for k, v in os.environ.items() if not k.endswith("_EMULATOR_HOST")}
+        with self._log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "tests.benchmarks.worker", json.dumps(spec)],
+                cwd=REPO,
+                env=inherited,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+            )
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        process, self._process = self._process, None
+        if process is not None:
+            assert process.stdin is not None
+            process.stdin.close()
+            try:
+                process.wait(timeout=WORKER_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for proxy in self._proxies():
+            proxy.stop()
+
+    def run(
+        self,
+        scenario: str,
+        variant: str,
+        *,
+        min_depth: int,
+        request: dict[str, Any] | None = None,
+        upload: dict[str, Any] | None = None,
+        expected: str | None = None,
+    ) -> Measured:
+        """One run (a bootstrap request, or with `upload` a storage event) and what it cost."""
+        if self._runs:
+            time.sleep(IDLE)
+        self._runs += 1
+        for proxy in self._proxies():
+            proxy.reset()
+        out = self._ask({"upload": upload} if upload else {"request": request or {}})
         measured = Measured(
             scenario,
             variant,
             seconds=out["seconds"],
-            latency=self.latency,
+            latency=self.bench.latency,
             min_depth=min_depth,
             rss_mib=out["vm_hwm_kib"] / 1024,
             status=out["status"],
@@ -212,23 +377,29 @@ class Bench:
             errors=out["errors"],
             expected=expected,
         )
-        count_requests(records, measured)
+        count_requests(self._bigquery.requests(), measured)
+        if self._storage is not None:
+            count_storage(self._storage.requests(), measured)
         return measured
 
+    def _proxies(self) -> Iterator[Proxy]:
+        yield self._bigquery
+        if self._storage is not None:
+            yield self._storage
 
-def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run tests.benchmarks.worker with `spec`; its JSON answer."""
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_EMULATOR_HOST")}
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.benchmarks.worker", json.dumps(spec)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=WORKER_TIMEOUT,
-        check=False,
-    )
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"benchmark worker failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return json.loads(lines[-1])
+    def _ask(self, run: dict[str, Any]) -> dict[str, Any]:
+        process = self._process
+        assert process is not None and process.stdin is not None and process.stdout is not None
+        try:
+            process.stdin.write(json.dumps(run) + "\n")
+            process.stdin.flush()
+            answered, _, _ = select.select([process.stdout], [], [], WORKER_TIMEOUT)
+            line = process.stdout.readline() if answered else ""
+        except BrokenPipeError:
+            line = ""
+        if not line:
+            process.kill()
+            process.wait()
+            tail = self._log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"benchmark worker failed ({process.returncode}):\n{tail}")
+        return json.loads(line)

@@ -12,6 +12,7 @@ COLUMNS = (
     "variant",
     "wall s",
     "requests (r+w)",
+    "GCS (list+get)",
     "403s",
     "depth",
     "limit s",
@@ -23,6 +24,9 @@ NOOP_WRITES = 0
 FRESH_8_DEPTH = 5.0
 OVER_LIMIT = 1.3
 RSS_MIB = 200.0
+BUCKET_NOOP_DEPTH = {"cold": 2.5, "warm": 1.5}  # nothing to do, 8 tables from a bucket
+UPLOAD_DEPTH = 3.0  # one table's upload event, to its completion event
+BUCKET = "tables from a bucket"
 
 
 def _number(value: float | None, digits: int = 2) -> str:
@@ -36,6 +40,7 @@ def cells(row: Measured) -> list[str]:
         row.variant,
         _number(row.seconds),
         f"{row.requests} ({row.reads}+{row.writes})",
+        "-" if row.listings is None else f"{row.listings}+{row.downloads}",
         str(row.rejected),
         _number(row.depth, 1),
         _number(row.limit),
@@ -76,7 +81,11 @@ def targets(rows: list[Measured], tables: int, default_variant: str) -> list[Tar
     measured = [r for r in engine if r.variant == default_variant]
     noop = [r for r in measured if r.scenario.startswith("nothing to do")]
     fresh8 = [r for r in measured if r.scenario == "fresh, 8 bundled tables"]
-    many = [r for r in measured if r.scenario.endswith(f"{tables} generated tables")]
+    many = [r for r in measured if r.scenario.endswith((f"{tables} generated tables", f"{tables} {BUCKET}"))]
+    uploads = [r for r in measured if r.scenario.startswith("upload event")]
+
+    def noop_from_bucket(instance: str) -> list[Measured]:
+        return [r for r in noop if r.scenario == f"nothing to do, {instance} instance, 8 {BUCKET}"]
 
     def target(
         text: str,
@@ -113,6 +122,21 @@ def targets(rows: list[Measured], tables: int, default_variant: str) -> list[Tar
             many,
             lambda r: r.over_limit is not None and r.over_limit <= OVER_LIMIT,
             lambda r: f"{_number(r.over_limit)}x",
+        ),
+        *(
+            target(
+                f"nothing to do, 8 {BUCKET}: a {instance} instance within {depth:g} round trips",
+                noop_from_bucket(instance),
+                lambda r, depth=depth: r.depth is None or r.depth <= depth,
+                lambda r: f"{_number(r.depth, 1)} round trips",
+            )
+            for instance, depth in BUCKET_NOOP_DEPTH.items()
+        ),
+        target(
+            f"an upload event for one table within {UPLOAD_DEPTH:g} round trips to its completion event",
+            uploads,
+            lambda r: r.depth is None or r.depth <= UPLOAD_DEPTH,
+            lambda r: f"{_number(r.depth, 1)} round trips",
         ),
         target(
             "no rate-limit error reaches the caller",

@@ -56,14 +56,24 @@ def generated(folder: Path, count: int, seed: int = 0) -> Path:
     return folder
 
 
-def with_added_column(source: Path, folder: Path) -> Path:
-    """A copy of `source` where every table has one more NULLABLE column, at the end."""
+def with_added_column(source: Path, folder: Path, name: str = ADDED_COLUMN["name"]) -> Path:
+    """A copy of `source` where every table has one more NULLABLE column `name`, at the end."""
     shutil.copytree(source, folder, dirs_exist_ok=True)
     for path in sorted(folder.glob("*.json")):
-        schema = json.loads(path.read_text())
-        schema.append(dict(ADDED_COLUMN))
-        path.write_text(json.dumps(schema, indent=1))
+        path.write_bytes(added_column(path.read_bytes(), name))
     return folder
+
+
+def added_column(schema: bytes, name: str) -> bytes:
+    """A table's schema file with one more NULLABLE column `name`, at the end."""
+    columns = json.loads(schema)
+    columns.append({**ADDED_COLUMN, "name": name})
+    return json.dumps(columns, indent=1).encode()
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    """The schema files of `folder`, by name."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 def table_count(folder: Path) -> int:

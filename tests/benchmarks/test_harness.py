@@ -87,3 +87,53 @@ def test_generated_tables_are_valid_and_a_third_partitioned(tmp_path):
     partitioned = [t for t in declared.tables.values() if t.partitioning is not None]
     assert len(partitioned) == 10
     assert all(t.clustering for t in partitioned)
+
+
+def test_bucket_scenarios_list_once_and_download_only_what_an_instance_lacks(
+    bigquery_stack, storage_stack, tmp_path
+):
+    bench = Bench(tmp_path, latency=0.01, stack=bigquery_stack, storage=storage_stack)
+    folder = tables.generated(tmp_path / "g", TABLES)
+    objects = TABLES + 1  # and the manifest
+
+    with bench:
+        rows = scenarios.bucket_series(bench, f"{TABLES} {report.BUCKET}", folder, [scenarios.default(None)])
+
+    by = {r.scenario.rsplit(",", 1)[0]: r for r in rows}
+    assert list(by) == [
+        "fresh, cold instance",
+        "fresh, warm instance",
+        "nothing to do, cold instance",
+        "nothing to do, warm instance",
+        "one column added, cold instance",
+        "one column added, warm instance",
+    ]  # no upload event: this bench has no Pub/Sub for its completion event
+    storage = {step: (r.listings, r.downloads) for step, r in by.items()}
+    assert storage == {
+        "fresh, cold instance": (1, objects),
+        "fresh, warm instance": (1, 0),  # the same generations: the held files
+        "nothing to do, cold instance": (1, objects),
+        "nothing to do, warm instance": (1, 0),
+        "one column added, cold instance": (1, objects),
+        "one column added, warm instance": (1, TABLES),  # the manifest did not change
+    }
+    for step in ("fresh, cold instance", "fresh, warm instance"):
+        fresh = by[step]
+        assert fresh.actions == {"created": TABLES}
+        assert fresh.by_endpoint[f"POST {DATASETS}"] == 1
+        assert fresh.inserts == fresh.writes - 1 == TABLES
+    for step in ("nothing to do, cold instance", "nothing to do, warm instance"):
+        noop = by[step]
+        assert noop.actions == {"unchanged": TABLES}
+        assert (noop.reads, noop.writes) == (1 + TABLES, 0)
+    for step in ("one column added, cold instance", "one column added, warm instance"):
+        patched = by[step]
+        assert patched.actions == {"updated": TABLES}
+        assert (patched.reads, patched.by_endpoint[f"PATCH {TABLE}"], patched.writes) == (
+            1 + TABLES,
+            TABLES,
+            TABLES,
+        )
+    for row in rows:
+        assert row.rejected == row.repeated_reads == 0
+    assert report.outcome_problems(rows) == []

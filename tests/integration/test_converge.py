@@ -5,6 +5,7 @@ to Cloud Storage and to BigQuery."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -132,3 +133,29 @@ def test_a_bucket_run_declares_exactly_what_a_folder_run_does(
 
     assert created.digest == again.digest
     assert {t.action for t in again.result.tables} == {"unchanged"}
+
+
+def test_a_cold_instance_reads_the_listed_tables_while_their_files_download(
+    bigquery_proxy: Proxy, storage_proxy: Proxy, dataset_name: str, prefix: str
+) -> None:
+    """Not after the downloads: the first download is held until every listed table has been
+    read (or a bound passes, which fails the test)."""
+    settings = settings_for(bigquery_proxy, storage_proxy, dataset_name, prefix)
+    seen: list[set[str]] = []
+
+    def tables_read() -> set[str]:
+        return {r.path.rsplit("/", 1)[1] for r in bigquery_proxy.reads() if "/tables/" in r.path}
+
+    def hold_the_download() -> None:
+        deadline = time.monotonic() + 10
+        while tables_read() != set(TABLES) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen.append(tables_read())
+
+    storage_proxy.before_next(hold_the_download, path_regex="^/download/")
+
+    cold = converge(settings)
+
+    assert cold.result.status == "succeeded"
+    assert seen == [set(TABLES)]
+    assert counted(storage_proxy) == {"list": 1, "download": len(TABLES) + 1}
