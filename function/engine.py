@@ -12,8 +12,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any
 
 from google.cloud import bigquery
 
@@ -28,6 +26,7 @@ from .migration import Migration, plan_migration
 from .model import DatasetSpec, DeclaredState, TableSpec
 from .plan import Action, DatasetPlan, TablePlan, plan_dataset, plan_table
 from .request import BootstrapRequest
+from .results import EnsureResult, TableResult
 
 PAST_TENSE = {
     Action.CREATE: "created",
@@ -37,54 +36,6 @@ PAST_TENSE = {
     Action.RECREATE: "recreated",
 }
 MAX_ATTEMPTS = 3  # re-plans after losing a race (409 on create, 412 on patch)
-
-
-@dataclass(frozen=True)
-class TableResult:
-    table: str
-    action: str  # created | updated | unchanged | recreated | blocked | failed
-    changes: tuple[str, ...] = ()
-    error: str | None = None
-    statements: tuple[str, ...] = ()  # the DDL that makes the changes BigQuery's patch cannot
-
-    def to_json(self) -> dict[str, object]:
-        data: dict[str, object] = {
-            "table": self.table,
-            "action": self.action,
-            "changes": list(self.changes),
-            "error": self.error,
-        }
-        if self.statements:
-            data["statements"] = list(self.statements)
-        return data
-
-
-@dataclass
-class EnsureResult:
-    dataset: str
-    dataset_action: str  # created | updated | unchanged | recreated | blocked | failed
-    dry_run: bool
-    dataset_changes: tuple[str, ...] = ()
-    dataset_error: str | None = None
-    tables: list[TableResult] = field(default_factory=list)
-    backups: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def status(self) -> str:
-        """A dry run whose reads failed did not plan anything: it failed. Blocked changes are
-        a plan's result, and a failure of a run that applies."""
-        failed = self.dataset_action == "failed" or any(t.action == "failed" for t in self.tables)
-        if self.dry_run:
-            return "failed" if failed else "planned"
-        if failed or self.dataset_error or any(t.action == "blocked" for t in self.tables):
-            return "failed"
-        return "succeeded"
-
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for t in self.tables:
-            out[t.action] = out.get(t.action, 0) + 1
-        return out
 
 
 class Prefetch:

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from . import completion, gate, logs, runner
 from .config import Settings
-from .engine import EnsureResult
 from .errors import DeploymentError, PermanentError, TransientError
 from .events import Bootstrap, EventError, Ignored, Trigger, Upload, parse_event
 from .manifest import MANIFEST_NAME
 from .model import BIGQUERY_NAME
 from .request import BootstrapRequest
+from .results import EnsureResult
 from .sources import Superseded, parse_gcs_uri
 
 if TYPE_CHECKING:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .engine import EnsureResult, TableResult
 from .model import Column, DatasetSpec, TableSpec
+from .results import EnsureResult, TableResult
 
 SYMBOLS = {
     "created": "+",

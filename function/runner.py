@@ -17,11 +17,12 @@ from google.cloud import bigquery
 
 from .bigquery_adapter import BigQueryAdapter, make_client
 from .config import Settings
-from .engine import Engine, EnsureResult, Prefetch
+from .engine import Engine, Prefetch
 from .errors import RefusedError
 from .manifest import MANIFEST_NAME
 from .model import BIGQUERY_NAME, DeclaredState
 from .request import BootstrapRequest
+from .results import EnsureResult
 from .schema_files import load_declared_state
 from .sources import Listed, Snapshot, Superseded, parse_gcs_uri, read_prefix, read_source, read_upload
 

@@ -19,11 +19,12 @@ from deploy.local.stack import Stack, StackConfig
 from function import gate
 from function.bigquery_adapter import BigQueryAdapter, make_client
 from function.config import Settings
-from function.engine import Engine, EnsureResult
+from function.engine import Engine
 from function.errors import PermanentError, TransientError
 from function.ledger import Entry, Ledger, LostLease
 from function.migrate import copied_step
 from function.request import BootstrapRequest, request_from_fields
+from function.results import EnsureResult
 from function.schema_files import load_declared_state
 from function.storage_adapter import Bucket
 from tests.conftest import PROJECT, TABLES, bundled_files

@@ -18,10 +18,11 @@ from google.cloud import bigquery
 from function import gate
 from function.bigquery_adapter import BigQueryAdapter, make_client
 from function.config import Settings
-from function.engine import Engine, EnsureResult
+from function.engine import Engine
 from function.errors import RefusedError
 from function.model import canonical_type
 from function.request import request_from_fields
+from function.results import EnsureResult
 from function.schema_files import load_declared_state
 from tests.conftest import PROJECT, bundled_files
 from tests.support import discovery

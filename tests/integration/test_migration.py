@@ -15,8 +15,8 @@ import pytest
 from google.cloud import bigquery, storage
 
 from deploy.local.stack import Stack
-from function.engine import EnsureResult
 from function.errors import TransientError
+from function.results import EnsureResult
 from tests.conftest import PROJECT, bundled_files
 from tests.integration.test_destructive import deliver, drops, forced, settings_for
 from tests.integration.test_engine import apply, edited, manifest_edited

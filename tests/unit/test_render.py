@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from function.engine import EnsureResult, TableResult
 from function.render import exit_code, render, render_event
+from function.results import EnsureResult, TableResult
 
 
 def _result(dry_run: bool) -> EnsureResult:
