@@ -67,6 +67,15 @@ PASS_THROUGH_KEYS = {
     "dataPolicies",
     "foreignTypeDefinition",
     "rangeElementType",
+    "timestampPrecision",
+    "dataGovernanceTagsInfo",
+    "categories",  # deprecated, still printed by older tables
+}
+# Type parameters (STRING(10), NUMERIC(10, 2)), and the types each applies to.
+PARAMETERS = {
+    "maxLength": ("STRING", "BYTES"),
+    "precision": ("NUMERIC", "BIGNUMERIC"),
+    "scale": ("NUMERIC", "BIGNUMERIC"),
 }
 FIELD_KEYS = {"name", "type", "mode", "description", "fields"} | PASS_THROUGH_KEYS
 
@@ -256,6 +265,7 @@ def _parse_field(item: dict[str, Any], scope: Scope, depth: int) -> Column | Non
         kind = element.get("type") if isinstance(element, dict) else None
         if not isinstance(kind, str) or kind.upper() not in RANGE_ELEMENTS:
             scope.add('a RANGE needs "rangeElementType": {"type": "DATE"} (or DATETIME or TIMESTAMP)')
+    _check_parameters(item, type_, scope)
     if not scope.clean:
         return None
     extra = tuple(sorted((k, item[k]) for k in PASS_THROUGH_KEYS if k in item))
@@ -332,3 +342,24 @@ def _clustering(names: tuple[str, ...], top: dict[str, Column], scope: Scope) ->
         else:
             found.append(column.name)
     return tuple(found)
+
+
+def _check_parameters(item: dict[str, Any], type_: str | None, scope: Scope) -> None:
+    """maxLength, precision and scale: whole numbers (as `bq show --schema` prints them, or
+    JSON numbers), each on a type it applies to, scale within precision."""
+    given: dict[str, int] = {}
+    for key, types in PARAMETERS.items():
+        if key not in item:
+            continue
+        value = item[key]
+        text = str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
+        if not text.isdigit() or len(text) > 9:
+            scope.add(f'"{key}" must be a whole number, such as "10" (got {json.dumps(value)[:40]})')
+        elif type_ is not None and type_ not in types:
+            scope.add(f'"{key}" applies only to {" and ".join(types)} (this column is {type_}); remove it')
+        else:
+            given[key] = int(text)
+    if "scale" in given and "precision" not in item:
+        scope.add('"scale" needs a "precision" (BigQuery reads NUMERIC(P, S)); add one')
+    elif given.get("scale", 0) > given.get("precision", given.get("scale", 0)):
+        scope.add(f'"scale" ({given["scale"]}) is larger than "precision" ({given["precision"]}); lower it')

@@ -213,6 +213,47 @@ def bad(id_: str, files: dict[str, bytes], file: str, path: str, message: str, f
 
 M = "bootstrap.yaml"
 CORPUS = [
+    # --- type parameters ------------------------------------------------------------------------
+    bad(
+        "maxLength not a whole number",
+        with_field({"name": "s", "type": "STRING", "maxLength": "ten"}),
+        "t.json",
+        "s",
+        '"maxLength" must be a whole number',
+        "such as",
+    ),
+    bad(
+        "maxLength on an INT64",
+        with_field({"name": "n", "type": "INT64", "maxLength": "10"}),
+        "t.json",
+        "n",
+        '"maxLength" applies only to STRING and BYTES',
+        "remove it",
+    ),
+    bad(
+        "precision on a STRING",
+        with_field({"name": "s", "type": "STRING", "precision": "5"}),
+        "t.json",
+        "s",
+        '"precision" applies only to NUMERIC and BIGNUMERIC',
+        "remove it",
+    ),
+    bad(
+        "scale above precision",
+        with_field({"name": "x", "type": "NUMERIC", "precision": "5", "scale": "7"}),
+        "t.json",
+        "x",
+        '"scale" (7) is larger than "precision" (5)',
+        "lower",
+    ),
+    bad(
+        "scale without precision",
+        with_field({"name": "x", "type": "NUMERIC", "scale": "2"}),
+        "t.json",
+        "x",
+        '"scale" needs a "precision"',
+        "add",
+    ),
     # --- schema files ---------------------------------------------------------------------------
     bad(
         "invalid JSON",
@@ -416,7 +457,7 @@ CORPUS = [
         "t.json",
         "note",
         "unknown key(s) mdoe",
-        "allowed: collation, dataPolicies",
+        "allowed: categories, collation, dataGovernanceTagsInfo, dataPolicies",
     ),
     bad(
         "description not a string",
@@ -877,6 +918,24 @@ def test_bad_input_is_refused_with_file_path_and_fix(b: Bad) -> None:
     # What the user reads: "file: path: message".
     where = f"{b.file}: {b.path}: " if b.path else f"{b.file}: "
     assert str(error).startswith(where)
+
+
+def test_every_field_bq_show_prints_is_accepted_and_kept_for_the_table_s_creation() -> None:
+    """BigQuery's TableFieldSchema as `bq show --schema` prints it, newer fields included."""
+    field = {
+        "name": "ts",
+        "type": "TIMESTAMP",
+        "mode": "NULLABLE",
+        "description": "When.",
+        "timestampPrecision": "12",
+        "dataGovernanceTagsInfo": {"tags": ["a"]},
+        "categories": {"names": []},
+        "collation": "",
+    }
+    declared = load_declared_state(with_field(field))
+
+    column = next(c for c in declared.tables["t"].columns if c.name == "ts")
+    assert column.to_api() == field
 
 
 def test_each_corpus_mistake_is_named_once() -> None:
