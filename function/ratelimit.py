@@ -142,13 +142,6 @@ class RateLimiter:
             self.waited += now - started
         return taken
 
-    def delay(self, method: str, path: str) -> float:
-        """Seconds until a `method` request to `path` could take a slot: 0 now, inf when it
-        waits for an answer to come back."""
-        rates = [rate for rate in self.rates if rate.applies_to(method, path)]
-        with self._changed:
-            return self._delay(rates, self._clock())
-
     def _delay(self, rates: list[Rate], now: float) -> float:
         return max((self._full_for(rate, now) for rate in rates), default=0.0)
 
