@@ -28,9 +28,9 @@ from tests.support.e2e import (
     post_event,
     publish,
     push,
-    wait_for,
 )
 from tests.support.proxy import FaultPlan, Proxy
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.emulators
 
@@ -137,7 +137,7 @@ def race(stack, proxies, tap, inbox, gcs, seeded) -> Race:
     ids = ["race-1", "race-2"] + [upload_id(gcs, f"{n}.json") for n in names]
     for rid in ids:
         inbox.wait(rid, count=2, timeout=120)
-    pushed = wait_for(lambda: (a := answers(tap)) and len(a) >= len(ids) and a, what="every push answered")
+    pushed = wait_until(lambda: (a := answers(tap)) and len(a) >= len(ids) and a, what="every push answered")
     return Race(names, direct, pushed, {rid: inbox.all(rid) for rid in ids}, len(conflicts))
 
 
@@ -189,7 +189,7 @@ def test_a_schema_file_deleted_while_a_request_reads_the_bucket(stack, storage_p
     thread = threading.Thread(target=deliver)
     thread.start()
     try:
-        wait_for(
+        wait_until(
             lambda: any(r.path == f"/storage/v1/b/{BUCKET}/o" for r in storage_proxy.requests()),
             what="the request listing the bucket",
         )
