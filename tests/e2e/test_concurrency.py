@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from google.cloud import storage
 
+from deploy.local.demo import upload_trigger_detached
 from deploy.local.stack import Stack, StackConfig
 from function.sync import sync_folder
 from tests.conftest import BUCKET, PREFIX, SCHEMAS, TABLES
@@ -177,7 +178,7 @@ def test_a_schema_file_deleted_while_a_request_reads_the_bucket(stack, storage_p
     blob = gcs.bucket(BUCKET).blob(PREFIX + name)
     blob.upload_from_string(new_table(99))
     assert inbox.wait(f"{BUCKET}/{PREFIX}{name}#{blob.generation}").data["status"] == "succeeded"
-    with stack.upload_trigger_detached():  # a generation the function has not read: it downloads it
+    with upload_trigger_detached(stack):  # a generation the function has not read: it downloads it
         blob.upload_from_string(new_table(99) + b"\n")
     storage_proxy.reset()
     storage_proxy.fail_next(1, "delay", method="GET", path_regex=rf"^/download/.*{name}$", delay=2.0)
