@@ -1,6 +1,8 @@
 # shellcheck shell=bash disable=SC2034  # the variables set here are used by the sourcing scripts
 # deploy/lib.sh: the settings and helpers that deploy.sh and teardown.sh share. It is sourced,
 # never run. Written for bash 3.2 and later (no associative arrays, no mapfile, no namerefs).
+# Over 400 lines: every helper both scripts need (settings and their checks, the idempotent gcloud
+# and bq wrappers, IAM bindings, dataset access); a second shared file would only cut one list.
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PROG=${PROG:-$(basename "$0")}

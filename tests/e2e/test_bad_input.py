@@ -13,7 +13,10 @@ refused before any API call.
 
 Complements BAD_MESSAGES (test_bootstrap_requests.py), the invalid uploads of
 test_schema_uploads.py and the pure corpus of tests/unit/test_schema_files.py: the cases here
-are new, or reach the function by another route."""
+are new, or reach the function by another route.
+
+Over 400 lines: a corpus, one case per bad input, on one stack.
+"""
 
 from __future__ import annotations
 

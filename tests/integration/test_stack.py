@@ -1,5 +1,8 @@
 """The local stack (deploy/local/stack.py) for real: every emulator, the push and notification
-loops into a throwaway function, restarts, a clean stop, and failed starts that leave nothing."""
+loops into a throwaway function, restarts, a clean stop, and failed starts that leave nothing.
+
+Over 400 lines: every piece of the stack and every correction of the emulator, with real processes.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """The test proxy (tests/support/proxy.py) against a tiny local upstream: forwarding, counting,
-latency, rate limits and faults, all deterministic (fake clock and sleep, seeded faults)."""
+latency, rate limits and faults, all deterministic (fake clock and sleep, seeded faults).
+
+Over 400 lines: one test per behaviour of the proxy, all against the same tiny upstream.
+"""
 
 from __future__ import annotations
 
