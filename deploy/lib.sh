@@ -319,39 +319,34 @@ has_binding() {
 # ensure_binding "GROUP WORDS" RESOURCE ROLE MEMBER [FLAGS...]: grants ROLE to MEMBER on
 # RESOURCE unless the policy already holds it. FLAGS (e.g. --region=R) go to both calls.
 ensure_binding() {
-  local words=$1 res=$2 role=$3 member=$4 group
-  read -r -a group <<<"$words"
-  shift 4
-  if has_binding "$words" "$res" "$role" "$member" "$@"; then
+  if has_binding "$@"; then
     return 0
   fi
-  if [[ ${group[0]} == projects ]]; then
-    # A project policy that holds conditional bindings refuses an unconditional add without it.
-    mutate_retry "${group[@]}" add-iam-policy-binding "$res" "$@" \
-      --member="$member" --role="$role" --condition=None
-  else
-    mutate_retry "${group[@]}" add-iam-policy-binding "$res" "$@" \
-      --member="$member" --role="$role"
-  fi
-  POLICY+=$'\n'"$role"$'\t'"$member"
+  _change_binding mutate_retry add-iam-policy-binding "$@"
+  POLICY+=$'\n'"$3"$'\t'"$4"
 }
 
 # remove_binding "GROUP WORDS" RESOURCE ROLE MEMBER [FLAGS...]: the reverse, for teardown.
 remove_binding() {
-  local words=$1 res=$2 role=$3 member=$4 group
-  read -r -a group <<<"$words"
-  shift 4
-  if ! has_binding "$words" "$res" "$role" "$member" "$@"; then
+  if ! has_binding "$@"; then
     return 0
   fi
+  _change_binding mutate remove-iam-policy-binding "$@"
+  POLICY=$(grep -Fxv -- "$3"$'\t'"$4" <<<"$POLICY" || true)
+}
+
+# _change_binding MUTATOR VERB "GROUP WORDS" RESOURCE ROLE MEMBER [FLAGS...]: one IAM binding
+# added or removed by MUTATOR (mutate, mutate_retry).
+_change_binding() {
+  local mutator=$1 verb=$2 words=$3 res=$4 role=$5 member=$6 group
+  read -r -a group <<<"$words"
+  shift 6
   if [[ ${group[0]} == projects ]]; then
-    mutate "${group[@]}" remove-iam-policy-binding "$res" "$@" \
-      --member="$member" --role="$role" --condition=None
+    # A project policy that holds conditional bindings refuses an unconditional change without it.
+    "$mutator" "${group[@]}" "$verb" "$res" "$@" --member="$member" --role="$role" --condition=None
   else
-    mutate "${group[@]}" remove-iam-policy-binding "$res" "$@" \
-      --member="$member" --role="$role"
+    "$mutator" "${group[@]}" "$verb" "$res" "$@" --member="$member" --role="$role"
   fi
-  POLICY=$(grep -Fxv -- "$role"$'\t'"$member" <<<"$POLICY" || true)
 }
 
 # ---------------------------------------------------------------------------------------------
