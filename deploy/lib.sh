@@ -221,15 +221,25 @@ _failed() {
   die "this command failed (exit $1): $(quote_cmd "${GCLOUD_ARGV[@]}")"
 }
 
+# _printed_instead: in a dry run, the command is printed instead of run (and this succeeds).
+_printed_instead() {
+  ((DRY_RUN)) || return 1
+  quote_cmd "${GCLOUD_ARGV[@]}"
+}
+
+# _captured: runs the command, its output in OUT and its errors in ERR_FILE; its exit status.
+_captured() {
+  OUT=$("${GCLOUD_ARGV[@]}" 2>"$ERR_FILE")
+}
+
 exists() {
   _argv "$@"
   OUT=""
-  if ((DRY_RUN)); then
-    quote_cmd "${GCLOUD_ARGV[@]}"
+  if _printed_instead; then
     return 1
   fi
   local rc=0
-  OUT=$("${GCLOUD_ARGV[@]}" 2>"$ERR_FILE") || rc=$?
+  _captured || rc=$?
   if ((rc == 0)); then
     return 0
   fi
@@ -244,19 +254,17 @@ exists() {
 query() {
   _argv "$@"
   OUT=""
-  if ((DRY_RUN)); then
-    quote_cmd "${GCLOUD_ARGV[@]}"
+  if _printed_instead; then
     return 0
   fi
   local rc=0
-  OUT=$("${GCLOUD_ARGV[@]}" 2>"$ERR_FILE") || rc=$?
+  _captured || rc=$?
   ((rc == 0)) || _failed "$rc"
 }
 
 mutate() {
   _argv "$@"
-  if ((DRY_RUN)); then
-    quote_cmd "${GCLOUD_ARGV[@]}"
+  if _printed_instead; then
     return 0
   fi
   log "+ $(quote_cmd "${GCLOUD_ARGV[@]}")"
@@ -269,8 +277,7 @@ mutate() {
 # up to 7 times, 2, 4, ... 64 seconds apart (BOOTSTRAP_RETRY_SLEEP sets the first wait).
 mutate_retry() {
   _argv "$@"
-  if ((DRY_RUN)); then
-    quote_cmd "${GCLOUD_ARGV[@]}"
+  if _printed_instead; then
     return 0
   fi
   log "+ $(quote_cmd "${GCLOUD_ARGV[@]}")"
