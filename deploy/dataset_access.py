@@ -1,20 +1,5 @@
-"""deploy/dataset_access.py: one member's entries in a BigQuery dataset's access list.
-
-deploy.sh and teardown.sh run it (with python3, standard library only, outside the project's
-virtual environment) on what `bq show --format=json --dataset PROJECT:DATASET` printed, read from
-standard input. It prints one line:
-
-    LOCATION|ETAG|ROLES
-
-ROLES being the roles the member holds in the access list now, sorted and comma-separated (empty
-when none). With --out FILE it also writes {"access": [...]} to FILE for `bq update --source FILE`:
-the same list with the member's entries replaced by one entry per --want ROLE (none: the member
-loses every entry), every other entry kept as it is and where it is.
-
-A service account's entry names it in userByEmail ("Maps to IAM policy member user:EMAIL or
-serviceAccount:EMAIL", the Dataset resource's reference); an iamMember "serviceAccount:EMAIL"
-entry is recognised as the same member.
-"""
+"""deploy/dataset_access.py: one member's entries in a BigQuery dataset's access list, read and
+rewritten for deploy.sh and teardown.sh (python3, standard library only)."""
 
 from __future__ import annotations
 
@@ -25,6 +10,9 @@ from typing import Any
 
 
 def is_member(entry: dict[str, Any], email: str) -> bool:
+    """A service account's entry names it in userByEmail ("Maps to IAM policy member user:EMAIL or
+    serviceAccount:EMAIL", the Dataset resource's reference); an iamMember "serviceAccount:EMAIL"
+    entry is recognised as the same member."""
     email = email.lower()
     return (
         str(entry.get("userByEmail", "")).lower() == email
@@ -33,6 +21,17 @@ def is_member(entry: dict[str, Any], email: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """deploy.sh and teardown.sh run this (outside the project's virtual environment) on what
+    `bq show --format=json --dataset PROJECT:DATASET` printed, read from standard input. It prints
+    one line:
+
+        LOCATION|ETAG|ROLES
+
+    ROLES being the roles the member holds in the access list now, sorted and comma-separated
+    (empty when none). With --out FILE it also writes {"access": [...]} to FILE for
+    `bq update --source FILE`: the same list with the member's entries replaced by one entry per
+    --want ROLE (none: the member loses every entry), every other entry kept as it is and where
+    it is."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--email", required=True, help="the member: a service account's email")
     parser.add_argument("--want", action="append", default=[], help="a role it should hold")

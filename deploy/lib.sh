@@ -1,6 +1,8 @@
 # shellcheck shell=bash disable=SC2034  # the variables set here are used by the sourcing scripts
 # deploy/lib.sh: the settings and helpers that deploy.sh and teardown.sh share. It is sourced,
 # never run. Written for bash 3.2 and later (no associative arrays, no mapfile, no namerefs).
+# Over 400 lines: every helper both scripts need (settings and their checks, the idempotent gcloud
+# and bq wrappers, IAM bindings, dataset access); a second shared file would only cut one list.
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PROG=${PROG:-$(basename "$0")}
@@ -219,15 +221,25 @@ _failed() {
   die "this command failed (exit $1): $(quote_cmd "${GCLOUD_ARGV[@]}")"
 }
 
+# _printed_instead: in a dry run, the command is printed instead of run (and this succeeds).
+_printed_instead() {
+  ((DRY_RUN)) || return 1
+  quote_cmd "${GCLOUD_ARGV[@]}"
+}
+
+# _captured: runs the command, its output in OUT and its errors in ERR_FILE; its exit status.
+_captured() {
+  OUT=$("${GCLOUD_ARGV[@]}" 2>"$ERR_FILE")
+}
+
 exists() {
   _argv "$@"
   OUT=""
-  if ((DRY_RUN)); then
-    quote_cmd "${GCLOUD_ARGV[@]}"
+  if _printed_instead; then
     return 1
   fi
   local rc=0
-  OUT=$("${GCLOUD_ARGV[@]}" 2>"$ERR_FILE") || rc=$?
+  _captured || rc=$?
   if ((rc == 0)); then
     return 0
   fi
@@ -242,19 +254,17 @@ exists() {
 query() {
   _argv "$@"
   OUT=""
-  if ((DRY_RUN)); then
-    quote_cmd "${GCLOUD_ARGV[@]}"
+  if _printed_instead; then
     return 0
   fi
   local rc=0
-  OUT=$("${GCLOUD_ARGV[@]}" 2>"$ERR_FILE") || rc=$?
+  _captured || rc=$?
   ((rc == 0)) || _failed "$rc"
 }
 
 mutate() {
   _argv "$@"
-  if ((DRY_RUN)); then
-    quote_cmd "${GCLOUD_ARGV[@]}"
+  if _printed_instead; then
     return 0
   fi
   log "+ $(quote_cmd "${GCLOUD_ARGV[@]}")"
@@ -267,8 +277,7 @@ mutate() {
 # up to 7 times, 2, 4, ... 64 seconds apart (BOOTSTRAP_RETRY_SLEEP sets the first wait).
 mutate_retry() {
   _argv "$@"
-  if ((DRY_RUN)); then
-    quote_cmd "${GCLOUD_ARGV[@]}"
+  if _printed_instead; then
     return 0
   fi
   log "+ $(quote_cmd "${GCLOUD_ARGV[@]}")"
@@ -317,39 +326,34 @@ has_binding() {
 # ensure_binding "GROUP WORDS" RESOURCE ROLE MEMBER [FLAGS...]: grants ROLE to MEMBER on
 # RESOURCE unless the policy already holds it. FLAGS (e.g. --region=R) go to both calls.
 ensure_binding() {
-  local words=$1 res=$2 role=$3 member=$4 group
-  read -r -a group <<<"$words"
-  shift 4
-  if has_binding "$words" "$res" "$role" "$member" "$@"; then
+  if has_binding "$@"; then
     return 0
   fi
-  if [[ ${group[0]} == projects ]]; then
-    # A project policy that holds conditional bindings refuses an unconditional add without it.
-    mutate_retry "${group[@]}" add-iam-policy-binding "$res" "$@" \
-      --member="$member" --role="$role" --condition=None
-  else
-    mutate_retry "${group[@]}" add-iam-policy-binding "$res" "$@" \
-      --member="$member" --role="$role"
-  fi
-  POLICY+=$'\n'"$role"$'\t'"$member"
+  _change_binding mutate_retry add-iam-policy-binding "$@"
+  POLICY+=$'\n'"$3"$'\t'"$4"
 }
 
 # remove_binding "GROUP WORDS" RESOURCE ROLE MEMBER [FLAGS...]: the reverse, for teardown.
 remove_binding() {
-  local words=$1 res=$2 role=$3 member=$4 group
-  read -r -a group <<<"$words"
-  shift 4
-  if ! has_binding "$words" "$res" "$role" "$member" "$@"; then
+  if ! has_binding "$@"; then
     return 0
   fi
+  _change_binding mutate remove-iam-policy-binding "$@"
+  POLICY=$(grep -Fxv -- "$3"$'\t'"$4" <<<"$POLICY" || true)
+}
+
+# _change_binding MUTATOR VERB "GROUP WORDS" RESOURCE ROLE MEMBER [FLAGS...]: one IAM binding
+# added or removed by MUTATOR (mutate, mutate_retry).
+_change_binding() {
+  local mutator=$1 verb=$2 words=$3 res=$4 role=$5 member=$6 group
+  read -r -a group <<<"$words"
+  shift 6
   if [[ ${group[0]} == projects ]]; then
-    mutate "${group[@]}" remove-iam-policy-binding "$res" "$@" \
-      --member="$member" --role="$role" --condition=None
+    # A project policy that holds conditional bindings refuses an unconditional change without it.
+    "$mutator" "${group[@]}" "$verb" "$res" "$@" --member="$member" --role="$role" --condition=None
   else
-    mutate "${group[@]}" remove-iam-policy-binding "$res" "$@" \
-      --member="$member" --role="$role"
+    "$mutator" "${group[@]}" "$verb" "$res" "$@" --member="$member" --role="$role"
   fi
-  POLICY=$(grep -Fxv -- "$role"$'\t'"$member" <<<"$POLICY" || true)
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@
 # own rather than part of lib.sh: lib.sh holds what deploy.sh and teardown.sh share and is long
 # enough already; these are deploy.sh's alone. Each step reads the settings deploy.sh resolved
 # (P, R and the BOOTSTRAP_* variables) and what earlier steps set, as noted above each one.
-# Written for bash 3.2 and later, like lib.sh.
+# Written for bash 3.2 and later, like lib.sh. Over 400 lines: these steps are the whole list of
+# what a deployment is, and cut in two the list would be too.
 
 # ---------------------------------------------------------------------------------------------
 # 1. APIs

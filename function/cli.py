@@ -1,9 +1,5 @@
-"""`python -m function COMMAND`: the operator's commands, on the same engine as the function.
-
-This module only parses: each command's flags, help, exit codes and examples, and the
-`settings` command, which reads nothing but the environment. The commands themselves are in
-`commands`, imported when one runs.
-"""
+"""`python -m function COMMAND`: parses the operator's commands (flags, help, exit codes) and
+answers `settings` itself; the others run in `commands`, imported only when one runs."""
 
 from __future__ import annotations
 

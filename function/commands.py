@@ -1,8 +1,5 @@
-"""The operator's commands, one function each, on the same engine and gate as the function.
-
-Loaded only when a command runs (`cli` imports it lazily): `python -m function settings` and
-`--help` need none of the Google clients.
-"""
+"""The operator's commands, one function each, on the same engine and gate as the function
+(`cli` imports this only when a command runs: `settings` and `--help` load no Google client)."""
 
 from __future__ import annotations
 

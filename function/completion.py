@@ -1,10 +1,5 @@
-"""The completion event: a CloudEvent published to Pub/Sub in binary content mode.
-
-Google's Pub/Sub protocol binding for CloudEvents puts each context attribute in a message
-attribute prefixed `ce-` and the data content type in `content-type`; the message data is the
-event data. `cloudevents.conversion.to_binary` gives exactly those headers, and `from_http`
-parses them back, so a consumer can use the same library (see `parse_message`).
-"""
+"""The completion event: a CloudEvent published to Pub/Sub in binary content mode (README,
+"Bootstrap requests and the completion event"), and read back by its consumers."""
 
 from __future__ import annotations
 
@@ -76,7 +71,10 @@ def bounded(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def to_message(event: CloudEvent) -> tuple[bytes, dict[str, str]]:
-    """(message data, message attributes) in binary content mode."""
+    """(message data, message attributes) in binary content mode. Google's Pub/Sub binding puts
+    each context attribute in a message attribute prefixed `ce-` and the data content type in
+    `content-type`; the message data is the event data. `to_binary` gives exactly those headers,
+    and `from_http` parses them back (`parse_message`), so a consumer can use the same library."""
     headers, body = to_binary(event, data_marshaller=lambda d: json.dumps(d, sort_keys=True))
     body = body.encode() if isinstance(body, str) else body
     return body, {key.lower(): str(value) for key, value in headers.items()}

@@ -1,10 +1,5 @@
-"""Settings, read once from the environment (the contract's variables plus our own).
-
-SETTINGS is the one table of them: each row's variable, default, parser (with the values it
-allows) and meaning. Settings.from_env, the CLI's common flags, `python -m function settings`
-(which deploy/deploy.sh runs on what it deploys) and the README's Settings table (held to it by
-tests/unit/test_readme_settings.py) all follow it.
-"""
+"""Settings, read once from the environment: `SETTINGS`, the one table of them, which the CLI,
+`python -m function settings` and the README's Settings table follow."""
 
 from __future__ import annotations
 
@@ -74,6 +69,10 @@ def _not_the_dataset(backup: str, above: Mapping[str, Any]) -> None:
 
 _NAME = Pattern(BIGQUERY_NAME, "1-1024 letters, digits or underscores")
 
+# The one table of settings (the contract's variables plus our own): each row's variable, default,
+# parser (with the values it allows) and meaning. Settings.from_env, the CLI's common flags,
+# `python -m function settings` (which deploy/deploy.sh runs on what it deploys) and the README's
+# Settings table (held to it by tests/unit/test_readme_settings.py) all follow it.
 SETTINGS: tuple[Setting, ...] = (
     Setting(
         "project",

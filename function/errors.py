@@ -1,10 +1,5 @@
-"""The kinds of failure the contract distinguishes.
-
-A `PermanentError` will fail the same way however often it is delivered: the function
-acknowledges it with a `failed` completion event and an ERROR log line that says how to fix it.
-Anything transient that outlasts the bounded retries (`TransientError`) is raised instead, so
-Pub/Sub or Eventarc delivers the event again, as is a broken deployment (`DeploymentError`).
-"""
+"""The kinds of failure the contract distinguishes (README, "Errors: what gets retried"):
+permanent ones are acknowledged, transient and deployment ones raised for redelivery."""
 
 
 class PermanentError(Exception):

@@ -1,8 +1,5 @@
-"""Incoming CloudEvents -> the work they ask for (pure: no I/O).
-
-Three kinds of event matter (see the contract); everything else is acknowledged and ignored.
-Dispatch is a table from CloudEvent type to parser, so a new trigger is one entry.
-"""
+"""Incoming CloudEvents -> the work they ask for (pure): a bootstrap request, a schema upload, or
+something acknowledged and ignored; a table from CloudEvent type to parser."""
 
 from __future__ import annotations
 

@@ -1,10 +1,5 @@
-"""The CloudEvent function: event in, ensure run, completion event out.
-
-Error semantics (the contract): a permanent failure (bad message or schema, blocked change,
-refused destructive request, stale event) is acknowledged with a `failed` completion event and
-an ERROR log line saying how to fix it; a transient failure that outlasts the bounded retries
-raises, so Pub/Sub or Eventarc delivers the event again.
-"""
+"""The CloudEvent function: event in, run, completion event out, with the error semantics of the
+contract (README, "Errors: what gets retried")."""
 
 from __future__ import annotations
 

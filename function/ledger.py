@@ -1,18 +1,5 @@
-"""The request ledger: the destructive part of a request runs at most once, by one owner at a time.
-
-One object per request id in the state bucket, claimed atomically with `if_generation_match=0`
-(Cloud Storage answers 412 to every writer but the first). Every later write is conditioned on
-the generation the writer last saw, so two deliveries can never both believe they own the
-request, and the owner proves it still owns it (renewing its lease) right before every backup
-and every drop. The entry records the request's digest (the same id with another body is
-refused), each backup and each recreation as it is done, and at the end the completion event's
-data, which answers every later delivery of the same request id.
-
-States: running (owned until `lease_until`), interrupted (the owner failed transiently: the next
-delivery takes over at once, skipping the recreations already done), done. Anything else in
-the object (unreadable, another version, missing fields) is an error to be looked at, never a
-reason to take over.
-"""
+"""The request ledger: one object per request id in the state bucket, written only conditionally,
+so that the destructive part of a request runs at most once, by one owner at a time."""
 
 from __future__ import annotations
 
@@ -121,6 +108,22 @@ class Claim:
 
 
 class Ledger:
+    """The request ledger in the state bucket.
+
+    One object per request id, claimed atomically with `if_generation_match=0` (Cloud Storage
+    answers 412 to every writer but the first). Every later write is conditioned on the
+    generation the writer last saw, so two deliveries can never both believe they own the
+    request, and the owner proves it still owns it (renewing its lease) right before every backup
+    and every drop. The entry records the request's digest (the same id with another body is
+    refused), each backup and each recreation as it is done, and at the end the completion
+    event's data, which answers every later delivery of the same request id.
+
+    States: running (owned until `lease_until`), interrupted (the owner failed transiently: the
+    next delivery takes over at once, skipping the recreations already done), done. Anything else
+    in the object (unreadable, another version, missing fields) is an error to be looked at, never
+    a reason to take over.
+    """
+
     def __init__(self, bucket: Bucket, settings: Settings) -> None:
         self.bucket = bucket
         self.owner = f"{socket.gethostname()}/{uuid.uuid4().hex[:8]}"

@@ -1,8 +1,5 @@
-"""Structured logs: one JSON object per line on stdout, as Cloud Logging reads them.
-
-`severity` and `message` are the fields Cloud Logging maps to the entry's severity and text;
-every other field lands in `jsonPayload`, where it can be filtered on.
-"""
+"""Structured logs: one JSON object per line on stdout, with the `severity` and `message` Cloud
+Logging maps to the entry; every other field lands in `jsonPayload`."""
 
 from __future__ import annotations
 

@@ -1,10 +1,5 @@
-"""The manifest (`bootstrap.yaml`): what a schema file cannot say, read into a typed `Manifest`.
-
-Pure, and as strict as the schema files: unknown keys are problems (a typo is never ignored),
-YAML anchors and aliases are refused before anything is built from them, and the file's size is
-bounded before it is parsed. What needs the table's columns (does the partitioning field exist,
-can a clustering column be clustered on) is checked by `schema_files` when both are read.
-"""
+"""The manifest (`bootstrap.yaml`): what a schema file cannot say, read and validated (pure) into a
+typed `Manifest`; what needs the tables' columns is checked by `schema_files`."""
 
 from __future__ import annotations
 
@@ -72,7 +67,9 @@ class Manifest:
 
 def parse_manifest(data: bytes | None, scope: Scope) -> Manifest:
     """The manifest in `data` (None: there is none, so every table is plain); its problems go
-    to `scope`."""
+    to `scope`. As strict as the schema files: unknown keys are problems (a typo is never
+    ignored), YAML anchors and aliases are refused before anything is built from them, and the
+    size is bounded before the file is parsed."""
     if data is None:
         return Manifest()
     if len(data) > MAX_MANIFEST_BYTES:

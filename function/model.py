@@ -1,9 +1,5 @@
-"""The declared and actual state, in one normalised form that plan compares.
-
-Everything here is immutable and already normalised (canonical type names, explicit modes,
-descriptions as strings), so two equal states compare equal with ``==`` whatever spelling
-the schema file or the BigQuery API used.
-"""
+"""The declared and actual state, in one immutable, normalised form (canonical type names,
+explicit modes, descriptions as strings) that plan compares with ``==``."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""The problems found in the schema files, each with its file, its path and the fix.
-
-One collector for all of them: validation never stops at the first problem, and each part of a
-file reports through a `Scope` that knows where it is and whether anything was wrong in it.
-"""
+"""The problems found in the schema files, each with its file, its path and the fix, collected
+all at once through a `Scope` per part of a file."""
 
 from __future__ import annotations
 

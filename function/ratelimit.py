@@ -1,37 +1,5 @@
-"""A client-side limiter that keeps this process under BigQuery's per-user request rates.
-
-BigQuery answers 403 `rateLimitExceeded` to a user that sends more than its documented rates
-(https://cloud.google.com/bigquery/quotas#api_request_quotas):
-
-- 100 API requests per second per user, all methods together;
-- 10 tables.insert requests per second per user;
-- 5 metadata updates per table per 10 s, and 5 per dataset per 10 s. A run patches a table and
-  the dataset at most once, so these two never bind and are not enforced here.
-
-Retrying those 403s with backoff works (the adapter's retry policy does: the safety net when
-another process of the same user spends the quota too), but each one wastes a round trip and
-a backoff sleep, and the retries themselves crowd out the next requests. So every HTTP request
-of the BigQuery client, retries and result pages included, first takes a slot here, shared by
-all the threads of the process (`RateLimitedAdapter`).
-
-Each rate is a sliding window ("at most N requests in any `window` seconds"), the shape of
-the quota itself, rather than a token bucket: a bucket large enough to let a fresh bootstrap send
-its eight table inserts at once (capacity 8+) also lets through capacity + rate requests in
-the first second, nearly twice the quota; one small enough never to exceed it (capacity 1,
-rate 9/s) spreads those eight inserts over 0.8 s, four extra round trips.
-
-BigQuery counts a request when it arrives, which the client cannot see: only that it was after
-the request was sent and before its answer came back. Dating it by its send time let 403s
-through in measurement: the first requests of a run wait for new connections (a TLS handshake,
-in production) and arrive late, so their windows close later than the client believes. Dating
-it by its answer is safe but adds a round trip to every window. So a request is dated by its
-answer minus the fastest round trip seen so far (the earliest it could have arrived had it
-travelled like the fastest request; a slow request, a new connection, is dated later), plus a
-small `margin` for the jitter that this does not see, and holds its slot while in flight.
-
-The rates are settings (BOOTSTRAP_API_RATE, BOOTSTRAP_INSERT_RATE), for a project whose quotas
-were raised; 0 turns that rate's limit off (the retry policy then deals with the 403s).
-"""
+"""A client-side limiter that keeps this process under BigQuery's per-user request rates; why
+it is shaped as it is, and the measurements that chose it: README, Performance."""
 
 from __future__ import annotations
 
@@ -141,13 +109,6 @@ class RateLimiter:
                 self._slots[rate.name].append(taken)
             self.waited += now - started
         return taken
-
-    def delay(self, method: str, path: str) -> float:
-        """Seconds until a `method` request to `path` could take a slot: 0 now, inf when it
-        waits for an answer to come back."""
-        rates = [rate for rate in self.rates if rate.applies_to(method, path)]
-        with self._changed:
-            return self._delay(rates, self._clock())
 
     def _delay(self, rates: list[Rate], now: float) -> float:
         return max((self._full_for(rate, now) for rate in rates), default=0.0)

@@ -1,8 +1,5 @@
-"""Which failures go away on their own, how long to retry them, and how the rest are reported.
-
-Shared by the BigQuery and Cloud Storage adapters, the only code that sees the clients'
-exceptions: each turns them into the project's own `TransientError` or `PermanentError` here.
-"""
+"""Which client failures go away on their own, how long to retry them, and what the rest become
+(`TransientError`, `PermanentError`): shared by the BigQuery and Cloud Storage adapters."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""One bootstrap run, wired from its parts: read the schemas, validate, plan and apply.
-
-The CLI and the CloudEvent handler both come through here. Clients are created on first use
-and kept for the life of the process (a warm function instance reuses them).
-"""
+"""One bootstrap run, wired from its parts (schema source, validation, engine), for the CloudEvent
+handler and the CLI; the clients are made on first use and kept for a warm instance."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""The declared state from the schema files (`<table>.json`) and the manifest (`manifest`).
-
-Pure: takes file names and bytes, returns a `DeclaredState` or raises `SchemaValidationError`
-with every problem of every file at once (`problems`), each naming the file, the field path and
-the fix. Nothing here talks to an API, so bad input is refused before any request is sent.
-"""
+"""The declared state from the schema files (`<table>.json`) and the manifest (pure): a
+`DeclaredState`, or `SchemaValidationError` with every problem of every file at once."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""How the text of one setting becomes its value: each parser returns the value or raises
-`Invalid`, and says in `allowed` what it accepts (for the README, --help and the messages).
-
-A message is a template: `{setting}` stands for `VARIABLE='text'` and `{variable}` for the
-variable alone, so that a message names the variable and the value whoever reads the setting.
-"""
+"""How the text of one setting becomes its value: parsers that return it or raise `Invalid`, each
+saying in `allowed` what it accepts (for the README, --help and the messages)."""
 
 from __future__ import annotations
 
@@ -16,7 +12,9 @@ FALSE = {"", "0", "false", "no", "off"}
 
 
 class Invalid(ValueError):
-    """A refused text; the message is a template with {setting} and {variable}."""
+    """A refused text. The message is a template: `{setting}` stands for `VARIABLE='text'` and
+    `{variable}` for the variable alone, so that a message names the variable and the value
+    whoever reads the setting."""
 
 
 class Parser(Protocol):

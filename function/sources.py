@@ -1,9 +1,5 @@
-"""Where the schema files come from: a local folder or a Cloud Storage prefix.
-
-Both give the same thing, a mapping of file name to bytes, which `schema_files` validates. Each
-file is read up to one byte past its size limit, so an oversized one is refused by validation
-without being held in memory whole.
-"""
+"""Where the schema files come from, a local folder or a Cloud Storage prefix, both read into a
+mapping of file name to bytes for `schema_files`."""
 
 from __future__ import annotations
 
@@ -122,6 +118,8 @@ def _snapshot(
 
 
 def _limit(stored: StoredObject, prefix: str) -> int | None:
+    """Read an oversized file only up to one byte past its size limit: validation refuses it
+    without the file being held in memory whole."""
     limit = max_bytes(stored.name[len(prefix) :])
     return limit if stored.size > limit else None
 

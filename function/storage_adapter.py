@@ -1,11 +1,5 @@
-"""Cloud Storage, through the official client: one bucket's objects, listed, read and written.
-
-The one place that sees the storage client's exceptions. Each call carries Cloud Storage's own
-retry policy bounded by the configured deadline, and a per-request timeout. A lost race comes
-back as a result (an object gone or replaced between a listing and its read; a conditional
-write whose precondition failed), an unreadable bucket as `DeploymentError` (its name comes from
-the deployment), anything else as `TransientError` or `PermanentError`.
-"""
+"""Cloud Storage, through the official client: one bucket's objects, listed, read and written,
+with bounded retries; the one place that sees the storage client's exceptions."""
 
 from __future__ import annotations
 
@@ -31,6 +25,12 @@ class StoredObject:
 
 
 class Bucket:
+    """One bucket's objects. Each call carries Cloud Storage's own retry policy bounded by the
+    configured deadline, and a per-request timeout. A lost race comes back as a result (an object
+    gone or replaced between a listing and its read; a conditional write whose precondition
+    failed), an unreadable bucket as `DeploymentError` (its name comes from the deployment),
+    anything else as `TransientError` or `PermanentError`."""
+
     def __init__(self, client: storage.Client, name: str, deadline: float) -> None:
         self.name = name
         self._bucket = client.bucket(name)

@@ -1,11 +1,5 @@
-"""Uploading schema files to the schema bucket: validated first, all or nothing.
-
-An upload is prepared before anything is written (`prepare`): the files whose content differs
-from the live objects (an unchanged file would cost a needless run of the function), and the
-declared state the bucket will hold once they are uploaded, validated and ready to be planned
-against BigQuery. Each upload is conditioned on the generation listed, so a file someone else
-changed meanwhile is not overwritten.
-"""
+"""Uploading schema files to the schema bucket: validated with the bucket's other files first,
+then only the changed files uploaded, each conditioned on the generation listed."""
 
 from __future__ import annotations
 
@@ -50,7 +44,10 @@ class Prepared:
 
 
 def prepare(client: storage.Client, files: dict[str, bytes], target: str, deadline: float) -> Prepared:
-    """Validate the bucket's files with `files` in place of theirs, and find what differs."""
+    """Validate the bucket's files with `files` in place of theirs, and find what differs, before
+    anything is written: the files whose content differs from the live objects (an unchanged file
+    would cost a needless run of the function), and the declared state the bucket will hold once
+    they are uploaded, validated and ready to be planned against BigQuery."""
     name, prefix = parse_gcs_uri(target)
     bucket = Bucket(client, name, deadline)
     merged = {**read_prefix(bucket, prefix).files, **files}

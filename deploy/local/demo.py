@@ -1,15 +1,5 @@
-"""`make demo`: the whole product on the local stack, start to finish, in about a minute.
-
-1. start the emulators and the function (deploy/local/stack.py);
-2. seed the schema bucket with the bundled schemas, as deploy.sh does before it attaches the
-   upload trigger (so seeding does not itself run the function);
-3. publish a bootstrap request and wait for its completion event: every table created;
-4. show the tables as BigQuery now holds them;
-5. publish the same request again: every table unchanged, nothing written;
-6. upload a changed schema (a new NULLABLE column): the upload runs the function on its own,
-   and the table is updated in place;
-7. stop everything.
-"""
+"""`make demo`: the whole product on the local stack, start to finish (the steps: `main`), and the
+seeding of the schema bucket that `make stack` and the tests share."""
 
 from __future__ import annotations
 
@@ -48,6 +38,15 @@ NEW_COLUMN = {
 
 
 def main() -> int:
+    """1. start the emulators and the function (deploy/local/stack.py);
+    2. seed the schema bucket with the bundled schemas, as deploy.sh does before it attaches the
+       upload trigger (so seeding does not itself run the function);
+    3. publish a bootstrap request and wait for its completion event: every table created;
+    4. show the tables as BigQuery now holds them;
+    5. publish the same request again: every table unchanged, nothing written;
+    6. upload a changed schema (a new NULLABLE column): the upload runs the function on its own,
+       and the table is updated in place;
+    7. stop everything."""
     workdir = Path(tempfile.mkdtemp(prefix="bootstrap-demo-"))
     step(
         "Starting the local stack (Pub/Sub emulator, local-bigquery, fake-gcs-server, functions-framework); "

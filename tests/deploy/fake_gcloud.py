@@ -17,6 +17,8 @@ stdout, not found and already exists exit 2, a new dataset gets BigQuery's defau
 (the project's basic-role groups, and its creator DEPLOYER as OWNER), an update checks the etag and
 refuses what BigQuery refuses (an unknown custom role or service account, a list without OWNER, the
 caller removing its own OWNER entry).
+
+Over 400 lines: one fake per gcloud and bq command the deploy scripts call, on one state file.
 """
 
 from __future__ import annotations

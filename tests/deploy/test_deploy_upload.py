@@ -8,7 +8,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.deploy import gcloudignore
+from tests.support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 GCLOUD = shutil.which("gcloud")
@@ -195,15 +195,22 @@ def test_uploaded_source_starts_under_functions_framework(tmp_path: Path) -> Non
             stderr=subprocess.STDOUT,
         )
         try:
-            status = None
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and proc.poll() is None:
+            answered: list[int] = []
+
+            def answered_or_exited() -> bool:
+                if proc.poll() is not None:
+                    return True
                 try:
-                    status = _get(f"http://127.0.0.1:{port}/")
-                    break
+                    answered.append(_get(f"http://127.0.0.1:{port}/"))
                 except (urllib.error.URLError, ConnectionError, TimeoutError):
-                    time.sleep(0.5)
+                    return False
+                return True
+
+            wait_until(
+                answered_or_exited, "functions-framework answering or exiting", timeout=60, interval=0.5
+            )
             assert proc.poll() is None, f"functions-framework exited:\n{log.read_text()}"
+            status = answered[0] if answered else None
             # A CloudEvent function answers a GET, with a 4xx: the server is up and the
             # target was found.
             assert status is not None and 400 <= status < 500, (status, log.read_text())

@@ -13,7 +13,10 @@ refused before any API call.
 
 Complements BAD_MESSAGES (test_bootstrap_requests.py), the invalid uploads of
 test_schema_uploads.py and the pure corpus of tests/unit/test_schema_files.py: the cases here
-are new, or reach the function by another route."""
+are new, or reach the function by another route.
+
+Over 400 lines: a corpus, one case per bad input, on one stack.
+"""
 
 from __future__ import annotations
 
@@ -40,10 +43,10 @@ from tests.support.e2e import (
     log_lines,
     post_event,
     push_body,
-    wait_for,
     wait_for_log,
 )
 from tests.support.proxy import Proxy
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.emulators
 
@@ -208,7 +211,7 @@ def upload(name: str, data: bytes | str | list[Any]) -> Send:
         ctx.tap.reset()
         blob = bucket.blob(object_name)
         blob.upload_from_string(fill(payload if isinstance(payload, bytes) else payload.encode(), key))
-        [status] = wait_for(lambda: answers(ctx.tap, NOTIFICATIONS), what="the function answering the push")
+        [status] = wait_until(lambda: answers(ctx.tap, NOTIFICATIONS), what="the function answering the push")
 
         def undo() -> None:
             if original_bytes is None:
@@ -218,7 +221,7 @@ def upload(name: str, data: bytes | str | list[Any]) -> Send:
             blob.upload_from_string(original_bytes)
             restored = ctx.inbox.wait(f"{BUCKET}/{object_name}#{blob.generation}")
             assert restored.data["status"] == "succeeded", restored.data
-            wait_for(lambda: answers(ctx.tap, NOTIFICATIONS), what="the restore answered")
+            wait_until(lambda: answers(ctx.tap, NOTIFICATIONS), what="the restore answered")
 
         rid = f"{BUCKET}/{object_name}#{blob.generation}"
         return Sent(

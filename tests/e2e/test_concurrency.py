@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from google.cloud import storage
 
+from deploy.local.demo import upload_trigger_detached
 from deploy.local.stack import Stack, StackConfig
 from function.sync import sync_folder
 from tests.conftest import BUCKET, PREFIX, SCHEMAS, TABLES
@@ -28,9 +29,9 @@ from tests.support.e2e import (
     post_event,
     publish,
     push,
-    wait_for,
 )
 from tests.support.proxy import FaultPlan, Proxy
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.emulators
 
@@ -137,7 +138,7 @@ def race(stack, proxies, tap, inbox, gcs, seeded) -> Race:
     ids = ["race-1", "race-2"] + [upload_id(gcs, f"{n}.json") for n in names]
     for rid in ids:
         inbox.wait(rid, count=2, timeout=120)
-    pushed = wait_for(lambda: (a := answers(tap)) and len(a) >= len(ids) and a, what="every push answered")
+    pushed = wait_until(lambda: (a := answers(tap)) and len(a) >= len(ids) and a, what="every push answered")
     return Race(names, direct, pushed, {rid: inbox.all(rid) for rid in ids}, len(conflicts))
 
 
@@ -177,7 +178,7 @@ def test_a_schema_file_deleted_while_a_request_reads_the_bucket(stack, storage_p
     blob = gcs.bucket(BUCKET).blob(PREFIX + name)
     blob.upload_from_string(new_table(99))
     assert inbox.wait(f"{BUCKET}/{PREFIX}{name}#{blob.generation}").data["status"] == "succeeded"
-    with stack.upload_trigger_detached():  # a generation the function has not read: it downloads it
+    with upload_trigger_detached(stack):  # a generation the function has not read: it downloads it
         blob.upload_from_string(new_table(99) + b"\n")
     storage_proxy.reset()
     storage_proxy.fail_next(1, "delay", method="GET", path_regex=rf"^/download/.*{name}$", delay=2.0)
@@ -189,7 +190,7 @@ def test_a_schema_file_deleted_while_a_request_reads_the_bucket(stack, storage_p
     thread = threading.Thread(target=deliver)
     thread.start()
     try:
-        wait_for(
+        wait_until(
             lambda: any(r.path == f"/storage/v1/b/{BUCKET}/o" for r in storage_proxy.requests()),
             what="the request listing the bucket",
         )

@@ -25,10 +25,10 @@ from tests.support.e2e import (
     count_rows,
     publish,
     push,
-    wait_for,
 )
 from tests.support.proxy import FAULT_KINDS, FaultPlan
 from tests.support.rows import required_row
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.emulators
 
@@ -136,7 +136,7 @@ def test_repeated_deliveries_converge_under_20_percent_faults(stack, proxies, ta
     publish(stack, {"request_id": "converge"})
     first = push(stack, request("converge"), message_id="converge-0")
     assert first.status_code >= 500, first.text
-    wait_for(lambda: any(s and s >= 500 for s in answers(tap, TOPIC)), what="a 5xx to a Pub/Sub delivery")
+    wait_until(lambda: any(s and s >= 500 for s in answers(tap, TOPIC)), what="a 5xx to a Pub/Sub delivery")
     # Then 20 % of all requests to both emulators fail, in every way the proxies know.
     bq.faults, gs.faults = random_faults(seed=1), random_faults(seed=2)
     statuses = [first.status_code]
@@ -185,7 +185,7 @@ def test_bigquery_killed_mid_run_answers_5xx_and_the_redelivery_completes(
     bq.faults = FaultPlan(probability=1.0, kinds=("delay",), method="PATCH", delay=3.0)
     try:
         publish(stack, {"request_id": "killed-mid-run"})
-        wait_for(
+        wait_until(
             lambda: (
                 {"tenant_subscriptions", "tenant_api_keys"}
                 <= {r.path.rsplit("/", 1)[-1] for r in bq.requests() if r.method == "GET" and r.status == 200}
@@ -194,7 +194,9 @@ def test_bigquery_killed_mid_run_answers_5xx_and_the_redelivery_completes(
         )
         stack.kill("bigquery")
         try:
-            wait_for(lambda: any(s and s >= 500 for s in answers(tap, TOPIC)), what="a 5xx from the function")
+            wait_until(
+                lambda: any(s and s >= 500 for s in answers(tap, TOPIC)), what="a 5xx from the function"
+            )
             assert inbox.all("killed-mid-run") == []
         finally:
             bq.faults = None
@@ -283,7 +285,7 @@ def test_eight_forced_tables_with_the_function_killed_between_two_recreations(
                     out[name] = out.get(name, 0) + 1
             return out
 
-        wait_for(lambda: len(dropped()) >= 2, what="two tables dropped")
+        wait_until(lambda: len(dropped()) >= 2, what="two tables dropped")
         stack.crash("function")
         assert inbox.all("killed-forced") == []
     finally:

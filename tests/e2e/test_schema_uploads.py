@@ -1,6 +1,9 @@
 """Schema uploads end to end: an object finalized in fake-gcs-server is notified to the Pub/Sub
 emulator, pushed to functions-framework, and the function ensures the table it names; and the
-Eventarc form (`google.cloud.storage.object.v1.finalized`) posted straight to the function."""
+Eventarc form (`google.cloud.storage.object.v1.finalized`) posted straight to the function.
+
+Over 400 lines: every way an upload reaches the function, on one stack per module.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,8 +25,9 @@ from google.cloud import storage
 from deploy.local.stack import Stack, StackConfig
 from function.sync import sync_folder
 from tests.conftest import BUCKET, PREFIX, PROJECT, REPO, SCHEMAS, TABLES
-from tests.support.e2e import Inbox, bigquery_snapshot, log_lines, run_cli, wait_for
+from tests.support.e2e import Inbox, bigquery_snapshot, log_lines, run_cli, wait_for_log
 from tests.support.rows import required_row
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.emulators
 
@@ -214,7 +217,7 @@ def test_uploads_outside_the_schema_prefix_are_ignored(stack, inbox, gcs, seeded
     generation = upload(gcs, name, b"[]", prefix=prefix)
     rid = f"{BUCKET}/{prefix}{name}#{generation}"
 
-    line = _wait_for_log(stack, lambda entry: entry.get("object") == prefix + name)
+    line = wait_for_log(stack, lambda entry: entry.get("object") == prefix + name)
 
     assert line["severity"] == "INFO"
     assert "upload ignored" in line["message"]
@@ -233,7 +236,7 @@ def test_an_older_generations_event_is_not_applied(stack, inbox, gcs, seeded):
     response = _post_finalized(stack, f"{PREFIX}{table}.json", old)  # arrives late, after the newer one
 
     assert response.status_code in (200, 204)
-    line = _wait_for_log(stack, lambda e: e.get("generation") == old and "not applied" in e["message"])
+    line = wait_for_log(stack, lambda e: e.get("generation") == old and "not applied" in e["message"])
     assert "no longer live" in line["message"]
     assert bigquery_snapshot(stack) == before
     names = [f.name for f in stack.bigquery_client().get_table(f"tenants.{table}").schema]
@@ -373,16 +376,6 @@ def _post_finalized(stack: Stack, name: str, generation: int) -> requests.Respon
     return requests.post(stack.env["FUNCTION_URL"], json=data, headers=headers, timeout=120)
 
 
-def _wait_for_log(stack: Stack, match: Any, timeout: float = 60.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for entry in log_lines(stack):
-            if match(entry):
-                return entry
-        time.sleep(0.2)
-    raise AssertionError("no matching log line")
-
-
 def test_events_follow_shows_the_run_an_upload_started(stack, inbox, gcs, seeded):
     """`python -m function events --follow`: a temporary subscription, each event as it comes
     (type, request id, status, per-table actions and changes), deleted on exit."""
@@ -405,11 +398,11 @@ def test_events_follow_shows_the_run_an_upload_started(stack, inbox, gcs, seeded
         printed: list[str] = []
         reader = threading.Thread(target=lambda: printed.extend(watcher.stdout), daemon=True)  # type: ignore[arg-type]
         reader.start()
-        wait_for(temporary, what="the watcher's subscription")
+        wait_until(temporary, what="the watcher's subscription")
         columns = [*schema("tenant_subscriptions"), _column("watched_note")]
         generation = upload(gcs, "tenant_subscriptions.json", columns)
         request_id = f"{BUCKET}/{PREFIX}tenant_subscriptions.json#{generation}"
-        wait_for(lambda: any(request_id in line for line in printed), what="the event shown", timeout=120)
+        wait_until(lambda: any(request_id in line for line in printed), what="the event shown", timeout=120)
         watcher.send_signal(signal.SIGINT)
         _, err = watcher.communicate(timeout=60)
         reader.join(timeout=10)

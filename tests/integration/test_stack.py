@@ -1,5 +1,8 @@
 """The local stack (deploy/local/stack.py) for real: every emulator, the push and notification
-loops into a throwaway function, restarts, a clean stop, and failed starts that leave nothing."""
+loops into a throwaway function, restarts, a clean stop, and failed starts that leave nothing.
+
+Over 400 lines: every piece of the stack and every correction of the emulator, with real processes.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from google.cloud import storage
 from deploy.local import supervisor
 from deploy.local.demo import upload_trigger_detached
 from deploy.local.stack import HOST, REPO_ROOT, Stack, StackConfig, StackError
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.emulators
 
@@ -47,18 +51,6 @@ def bootstrap(cloud_event):
     with open(os.environ["EVENTS_FILE"], "a") as f:
         f.write(json.dumps(record) + "\\n")
 """
-
-
-def wait_for(predicate: Callable[[], Any], what: str, deadline_s: float = DEADLINE_S) -> Any:
-    """Poll until predicate() is truthy (and return it), or fail after deadline_s."""
-    deadline = time.monotonic() + deadline_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def http_status(port: int, path: str = "/") -> int | None:
@@ -161,7 +153,7 @@ def test_every_piece_answers(stack: Stack) -> None:
         completion = f"{project}/topics/{cfg.completion_topic}"
         publisher.publish(completion, b"done", kind="test").result(timeout=10)
         subscription = f"{project}/subscriptions/{cfg.completion_subscription}"
-        response = wait_for(
+        response = wait_until(
             lambda: subscriber.pull(subscription=subscription, max_messages=10, timeout=10),
             "a message on the completion subscription",
         )
@@ -208,7 +200,7 @@ def test_request_reaches_function_through_push(stack: Stack, events: Path) -> No
                 return event
         return None
 
-    event = wait_for(delivered, "the request to reach the function")
+    event = wait_until(delivered, "the request to reach the function")
     assert event["type"] == "google.cloud.pubsub.topic.v1.messagePublished"
     assert event["source"] == (f"//pubsub.googleapis.com/projects/{cfg.project}/topics/{cfg.requests_topic}")
 
@@ -229,7 +221,7 @@ def upload_and_wait(stack: Stack, events: Path) -> dict[str, Any]:
                 return event
         return None
 
-    event = wait_for(notified, f"the notification for gs://{cfg.schema_bucket}/{name}")
+    event = wait_until(notified, f"the notification for gs://{cfg.schema_bucket}/{name}")
     attributes = event["data"]["message"]["attributes"]
     assert attributes["eventType"] == "OBJECT_FINALIZE"
     assert attributes["bucketId"] == cfg.schema_bucket
@@ -652,7 +644,7 @@ def test_command_line_runs_until_sigterm(tmp_path: Path, process_marker: str) ->
     )
     try:
         env_file = workdir / "env"
-        wait_for(lambda: env_file.exists() or process.poll() is not None, "the env file")
+        wait_until(lambda: env_file.exists() or process.poll() is not None, "the env file")
         assert process.poll() is None, process.communicate()
         exported = dict(
             line.removeprefix("export ").split("=", 1) for line in env_file.read_text().splitlines()
@@ -686,7 +678,7 @@ def test_make_stack_seeds_the_bucket_and_says_how_to_use_it(tmp_path: Path, proc
     )
     try:
         env_file = workdir / "env"
-        wait_for(lambda: env_file.exists() or process.poll() is not None, "the env file")
+        wait_until(lambda: env_file.exists() or process.poll() is not None, "the env file")
         lines = env_file.read_text().splitlines()
         exported = dict(line.removeprefix("export ").split("=", 1) for line in lines)
         client = storage.Client(
@@ -702,7 +694,7 @@ def test_make_stack_seeds_the_bucket_and_says_how_to_use_it(tmp_path: Path, proc
                 == bundled
             )
 
-        wait_for(seeded, "the bundled schemas in the bucket")
+        wait_until(seeded, "the bundled schemas in the bucket")
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=DEADLINE_S)
     finally:

@@ -18,7 +18,23 @@ import yaml
 from google.api_core import exceptions as gexc
 from google.cloud import bigquery
 
-from function.model import canonical_type
+# BigQuery's own spellings of one type (its documented aliases: "Data types" in GoogleSQL, and the
+# legacy names the REST API answers with), each to its GoogleSQL name. Written out here rather
+# than taken from the function's model, so that this check does not share the code it checks.
+TYPE_NAMES: dict[str, str] = {
+    "INTEGER": "INT64",
+    "FLOAT": "FLOAT64",
+    "BOOLEAN": "BOOL",
+    "RECORD": "STRUCT",
+    "DECIMAL": "NUMERIC",
+    "BIGDECIMAL": "BIGNUMERIC",
+}
+
+
+def type_name(name: str) -> str:
+    """One name per type, whichever alias the file or the API used; other names unchanged."""
+    upper = name.strip().upper()
+    return TYPE_NAMES.get(upper, upper)
 
 
 def folder_files(folder: Path) -> dict[str, bytes]:
@@ -30,7 +46,7 @@ def columns(fields: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     return [
         (
             f["name"],
-            canonical_type(f.get("type", "STRING")) or f.get("type"),
+            type_name(f.get("type", "STRING")),
             (f.get("mode") or "NULLABLE").upper(),
             f.get("description") or "",
             tuple(columns(f.get("fields") or [])),

@@ -23,6 +23,7 @@ from deploy.local.stack import Stack
 from function.completion import parse_message
 from tests.conftest import REPO
 from tests.support.proxy import Proxy
+from tests.support.waiting import wait_until
 
 
 def publish(stack: Stack, data: bytes | dict[str, Any], topic: str | None = None, **attributes: str) -> str:
@@ -168,25 +169,13 @@ def count_rows(stack: Stack, table: str, dataset: str = "tenants") -> int:
     return len(list(stack.bigquery_client().list_rows(f"{stack.config.project}.{dataset}.{table}")))
 
 
-def wait_for(check: Any, timeout: float = 60.0, what: str = "the condition", interval: float = 0.1) -> Any:
-    """Poll `check()` until it returns something truthy (returned), for at most `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout:g} s")
-        time.sleep(interval)
-
-
 def wait_for_log(stack: Stack, match: Any, timeout: float = 60.0) -> dict[str, Any]:
     """The first structured log line of the function for which `match(line)` is true."""
 
     def find() -> dict[str, Any] | None:
         return next((line for line in log_lines(stack) if match(line)), None)
 
-    return wait_for(find, timeout, "a matching log line")
+    return wait_until(find, "a matching log line", timeout=timeout)
 
 
 @contextlib.contextmanager

@@ -4,7 +4,10 @@ Each row's failure is sent to `handler.handle` in process: the real clients and 
 local servers that answer as BigQuery or Cloud Storage would in that state (tests/support/
 canned.py); only the completion event's publishing is captured instead of sent. For each row the
 test asserts what the README says: whether the event is acknowledged or raised, the log line's
-severity and words, and the completion event."""
+severity and words, and the completion event.
+
+Over 400 lines: a failure for each row of the README's table, each with the servers' answers it needs.
+"""
 
 from __future__ import annotations
 

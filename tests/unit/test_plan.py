@@ -4,6 +4,8 @@ Each case starts from one table, declared the way a user writes it (a schema fil
 entry, read by `schema_files`) and found the way BigQuery returns it (an API resource, read by the
 adapter's `table_spec`), edits one side or both, and states the action and the changes or
 reasons (in words) the plan must give.
+
+Over 400 lines: a table of cases, one per change BigQuery allows or refuses.
 """
 
 from __future__ import annotations

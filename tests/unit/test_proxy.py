@@ -1,5 +1,8 @@
 """The test proxy (tests/support/proxy.py) against a tiny local upstream: forwarding, counting,
-latency, rate limits and faults, all deterministic (fake clock and sleep, seeded faults)."""
+latency, rate limits and faults, all deterministic (fake clock and sleep, seeded faults).
+
+Over 400 lines: one test per behaviour of the proxy, all against the same tiny upstream.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +10,17 @@ import http.client
 import json
 import socket
 import threading
-import time
 import types
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 import requests
 
 from tests.support import proxy as proxy_module
 from tests.support.proxy import BIGQUERY_RATE_LIMITS, FaultPlan, Proxy, RateLimit, Recorded
+from tests.support.waiting import wait_until
 
 TABLES = "/bigquery/v2/projects/p/datasets/d/tables"
 
@@ -192,14 +196,15 @@ def test_stale_pooled_upstream_connection_is_retried_once(upstream, session, mon
     monkeypatch.setattr(proxy_module, "select", types.SimpleNamespace(select=lambda *a: ([], [], [])))
     with Proxy(upstream.url) as proxy:
         assert session.post(f"{proxy.url}/a", data=b"1").status_code == 200
-        for _ in range(200):  # the connection goes back to the pool just after the answer
+
+        def pooled_connection() -> Any:
             with proxy._lock:
-                if proxy._pool:
-                    (pooled,) = proxy._pool
-                    break
-            time.sleep(0.01)
-        else:
-            pytest.fail("the upstream connection never went back to the pool")
+                return proxy._pool[0] if proxy._pool else None
+
+        # The connection goes back to the pool just after the answer.
+        pooled = wait_until(
+            pooled_connection, "the upstream connection back in the pool", timeout=2, interval=0.01
+        )
         pooled.sock.shutdown(socket.SHUT_RDWR)  # the upstream sees EOF and ends its side
         assert session.post(f"{proxy.url}/b", data=b"2").status_code == 200
         assert [hit["path"] for hit in upstream.hits] == ["/a", "/b"]  # sent once each

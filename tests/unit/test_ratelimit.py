@@ -12,11 +12,43 @@ TABLES = "/bigquery/v2/projects/p/datasets/d/tables"
 
 
 class Clock:
+    """A clock that moves only when the test moves it, and counts how often it was read."""
+
     def __init__(self) -> None:
         self.now = 0.0
+        self.reads = 0
+        self.read = threading.Condition()
 
     def __call__(self) -> float:
-        return self.now
+        with self.read:
+            self.reads += 1
+            self.read.notify_all()
+            return self.now
+
+
+def waited_for(
+    limiter: RateLimiter, clock: Clock, method: str, path: str, *, free_at: float, answered_at: float
+) -> float:
+    """Send one `method` request to `path` through the limiter at `clock.now`; once the limiter has looked at
+    the clock (its start and its first check of the windows), move the clock to `free_at`. The
+    request is answered at `answered_at`. Returns how long the limiter held it back: 0 if it went
+    through at once, `free_at` minus the start if it waited until then. (The limiter's own wait is
+    in real seconds, as many as the clock's: keep `free_at` close.)"""
+    before, start = limiter.waited, clock.reads
+
+    def send() -> None:
+        with limiter.slot(method, path):
+            clock.now = answered_at
+
+    thread = threading.Thread(target=send, daemon=True)  # one stuck in the limiter must not keep pytest alive
+    thread.start()
+    with clock.read:
+        assert clock.read.wait_for(lambda: clock.reads >= start + 2, timeout=10)
+        if thread.is_alive():
+            clock.now = max(clock.now, free_at)
+    thread.join(timeout=10)
+    assert not thread.is_alive(), f"{path} still waits at {free_at}"
+    return limiter.waited - before
 
 
 def test_tables_insert_is_a_post_to_the_tables_collection_and_every_request_is_an_api_request():
@@ -39,12 +71,12 @@ def test_a_request_is_dated_by_its_answer_less_the_fastest_round_trip():
     with limiter.slot("GET", "/b"):  # sent at 0.3, answered at 0.9 (a slow one, say a new connection)
         clock.now = 0.9
 
-    assert math.isclose(limiter.delay("GET", "/c"), 0.1)  # /a is dated 0.0: out of the window at 1.0
-    clock.now = 1.0
-    assert limiter.delay("GET", "/c") == 0.0
-    with limiter.slot("GET", "/c"):
-        clock.now = 1.2
-    assert math.isclose(limiter.delay("GET", "/d"), 0.5)  # /b is dated 0.9 - 0.2 = 0.7: out at 1.7
+    clock.now = 0.99
+    # /a is dated 0.0 (not 0.2, its answer): out of the window at 1.0, not at 0.99.
+    assert math.isclose(waited_for(limiter, clock, "GET", "/c", free_at=1.01, answered_at=1.25), 0.02)
+    clock.now = 1.69
+    # /b is dated 0.9 - 0.2 = 0.7 (not 0.3, its sending): out at 1.7, not at 1.69.
+    assert math.isclose(waited_for(limiter, clock, "GET", "/d", free_at=1.71, answered_at=1.8), 0.02)
 
 
 def test_a_full_window_of_requests_in_flight_waits_for_an_answer():
@@ -66,7 +98,6 @@ def test_a_full_window_of_requests_in_flight_waits_for_an_answer():
     for thread in holders:
         thread.start()
     holding.wait()
-    assert limiter.delay("GET", "/a") == math.inf
     waiting = threading.Thread(target=third)
     waiting.start()
     assert not through.wait(0.2)  # however long the window has passed, no answer came back
@@ -103,11 +134,15 @@ def test_threads_sharing_the_limiter_never_exceed_a_rate():
 
 
 def test_a_rate_that_does_not_apply_never_delays():
-    limiter = RateLimiter([Rate("inserts", 1, window=60.0, method="POST", path=r"/tables$")], margin=0.0)
+    clock = Clock()
+    inserts = Rate("inserts", 1, window=60.0, method="POST", path=r"/tables$")
+    limiter = RateLimiter([inserts], margin=0.0, clock=clock)
     with limiter.slot("POST", TABLES):
         pass
-    assert limiter.delay("POST", TABLES) > 0
-    for _ in range(5):
+    for _ in range(5):  # the clock does not move: any wait would never end
         with limiter.slot("GET", TABLES + "/t"):
             pass
-    assert limiter.delay("GET", TABLES + "/t") == 0.0
+    assert limiter.waited == 0.0
+
+    clock.now = 59.99  # the first insert leaves the window at 60
+    assert math.isclose(waited_for(limiter, clock, "POST", TABLES, free_at=60.01, answered_at=60.01), 0.02)

@@ -1,5 +1,8 @@
 """The bootstrap request: parsing (every field, every mistake), the three consents a forced
-recreation needs, and the choice of tables."""
+recreation needs, and the choice of tables.
+
+Over 400 lines: a corpus of requests, one case each.
+"""
 
 from __future__ import annotations
 
