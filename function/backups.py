@@ -1,12 +1,4 @@
-"""Backups before any drop, and restores from them.
-
-Before a forced recreation drops a table, whatever it holds, a copy job copies it into the
-backup dataset (created on first use in the same location), and the copy gets an expiration of
-its own. The backup is taken under a fence (`gate.Fence`), and the copy job's id is derived from
-the request, the table and the fence's ledger generation: a retried insert finds its own job,
-while a delivery that took the request over copies the table again, as it is just before its own
-drop. If the backup fails, the table is not dropped.
-"""
+"""Backups before any drop (a copy job under a fence), and restores from them."""
 
 from __future__ import annotations
 
@@ -59,7 +51,10 @@ class Backups:
 
     def backup(self, table: str, authorization: Authorization) -> Backup:
         """Copy `table` into the backup dataset, and record the backup in the request's
-        progress; raises (leaving the table in place) if the copy fails."""
+        progress; raises (leaving the table in place) if the copy fails. The copy job's id comes
+        from the request, the table and the fence's ledger generation: a retried insert finds
+        its own job, while a delivery that took the request over copies the table again, as it
+        is just before its own drop."""
         self._ensure_dataset()
         request_id = authorization.request.request_id
         fence = authorization.fence(f"the backup of {table}")

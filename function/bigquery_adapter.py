@@ -1,12 +1,5 @@
-"""BigQuery, through the official client: read actual state, create, patch, drop.
-
-Every call carries an explicit retry policy (transient errors and rate limits retried with
-exponential backoff, bounded by the configured deadline) and a per-request timeout, so a
-BigQuery that keeps failing surfaces as `TransientError` within the deadline instead of the
-client's default ten minutes. Every HTTP request, retries included, first waits for a slot of
-the process's rate limiter (`ratelimit`), so the engine's threads stay under BigQuery's
-per-user request rates instead of collecting 403s; the retry policy stays as the safety net
-for the quota that other processes of the same user spend.
+"""BigQuery through the official client: the actual state, and the writes and jobs that change
+it, with bounded retries and the process's rate limiter on every request (README, Errors).
 """
 
 from __future__ import annotations

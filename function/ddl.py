@@ -1,8 +1,4 @@
-"""The schema changes BigQuery makes only through DDL, as the plan names them, and their SQL.
-
-Each is one statement run as one query job, so that a job id derived from the request, the
-table and the statement lets a redelivery find the job instead of running it twice.
-"""
+"""The schema changes BigQuery makes only through DDL, as the plan names them, and their SQL."""
 
 from __future__ import annotations
 
@@ -41,6 +37,7 @@ class Change:
 
 
 def job_id(request_id: str, table: str, statement: str) -> str:
-    """The same request, table and statement: the same job."""
+    """The same request, table and statement: the same job, so that a redelivery finds the
+    job instead of running the statement twice."""
     key = hashlib.sha256(f"{request_id}\0{table}\0{statement}".encode()).hexdigest()
     return f"bootstrap_ddl_{key[:40]}"

@@ -1,10 +1,5 @@
-"""The ensure engine: bring BigQuery to the declared state, and say what it did.
-
-Reads are issued at once (the dataset on the calling thread, the tables on a bounded pool),
-writes wait only for what they depend on (the dataset), a table that already matches gets no
-write at all, and anything BigQuery cannot change in place is left untouched and reported as
-blocked. Nothing is dropped without an `Authorization` from the gate: its fences come before
-every backup and every drop.
+"""The ensure engine: bring BigQuery to the declared state, one table per worker, and say what
+it did. Nothing is dropped without the gate's `Authorization` (README, Safety).
 """
 
 from __future__ import annotations

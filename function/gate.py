@@ -1,12 +1,5 @@
-"""The one way to destructive work: a request, checked, becomes an `Authorization`, or is refused.
-
-Every drop (a table, the dataset, a restore over rows) needs a `Fence`, and only an
-`Authorization` issues one: right before the step it checks the invocation's deadline and proves,
-with a conditional write to the request ledger that renews the lease, that this delivery still
-owns the request. An Authorization exists only once the three consents are given (the request's
-force flag, `confirm` equal to the dataset id, the deployment's ALLOW_DESTRUCTIVE), the tables
-named are declared, and the ledger entry is claimed with a matching request digest. The
-function always has a ledger; the CLI works without one (`Unrecorded`) and says so.
+"""The one way to destructive work: a request, checked, becomes an `Authorization` that issues
+the fences every drop needs, or is refused (README, Safety).
 """
 
 from __future__ import annotations

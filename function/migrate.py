@@ -1,9 +1,5 @@
-"""A forced recreation that keeps the rows: check, copy into a temporary table, compare, swap.
-
-Every step is a query job with a job id from the request, the table and the step, and the
-request's ledger records when the copy is complete, so that a later delivery resumes where the
-last one stopped: before that record the source is untouched (and a partial copy is thrown away),
-after it the copy is thrown away only while the table it was copied from is still there.
+"""Run a migration that keeps the rows: check, back up, copy into a temporary table, compare,
+swap; resumable at every step (README, "A forced recreation keeps the rows").
 """
 
 from __future__ import annotations
@@ -29,7 +25,9 @@ def copied_step(table: str) -> str:
 
 
 class Migrator:
-    """Carries one request's tables across their recreation, rows included."""
+    """Carries one request's tables across their recreation, rows included. The ledger records
+    when a copy is complete: before that record the source is untouched (and a partial copy is
+    thrown away), after it the copy is thrown away only while its source is still there."""
 
     def __init__(self, bq: BigQueryAdapter, backups: Backups, request_id: str) -> None:
         self.bq = bq

@@ -1,12 +1,5 @@
-"""A forced recreation that keeps the rows: which column each declared one is filled from, the
-casts that takes, and the checks that every row can be carried, as SQL (pure).
-
-The rows are copied into a new table under a temporary name with `INSERT ... SELECT`, each value
-cast to its declared type with CAST (never SAFE_CAST, which would turn a value it cannot cast
-into NULL). Before anything is written, one query counts the rows that could not be carried: a
-value the cast refuses, a NULL going into a REQUIRED column, a string longer than its declared
-length, a number with more digits than its declared precision or scale. BigQuery allows no
-parameterised type in a CAST, so the parameters are checked apart from the cast.
+"""Plan a migration that keeps a table's rows (pure): the SELECT expression of each declared
+column, and the checks that count the rows that cannot be carried.
 """
 
 from __future__ import annotations
@@ -115,7 +108,10 @@ def _shape(column: Column) -> tuple[object, ...]:
 
 
 def _carry(want: Column, have: Column) -> tuple[str, list[Check], list[str]]:
-    """The SELECT expression for `want` from `have`, the checks it needs, and the words."""
+    """The SELECT expression for `want` from `have`, the checks it needs, and the words. A
+    value is cast with CAST, never SAFE_CAST (which would turn what it cannot cast into NULL);
+    SAFE_CAST only counts those rows first. BigQuery allows no parameterised type in a CAST,
+    so lengths, precision and scale are checked apart from the cast."""
     name = f"`{have.name}`"
     old, new = ColumnType.of(have), ColumnType.of(want)
     checks: list[Check] = []

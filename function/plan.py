@@ -1,12 +1,5 @@
-"""The diff between declared and actual state, classified as BigQuery allows it.
-
-Pure: no I/O. For a table it answers create, unchanged, update (with every in-place change in
-words, and the patch that makes them) or blocked (with every reason a change cannot be made in
-place). The classification follows what BigQuery's tables.patch accepts: new NULLABLE or
-REPEATED columns (REQUIRED only inside a new RECORD), REQUIRED relaxed to NULLABLE,
-descriptions, labels, clustering, partition expiration and the partition-filter requirement.
-Everything else (type changes, removed columns, NULLABLE to REQUIRED, a new REQUIRED column,
-any change of the partitioning itself) needs the table to be recreated.
+"""The diff between declared and actual state, classified as BigQuery allows it (pure). The
+cases and their reasons: README, "What changes in place, and what is blocked".
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
-"""The bootstrap request of the contract: parsing and validation (pure).
-
-Unknown fields are errors, never ignored: a misspelt `force_recreate_tables` must not be read
-as "not forced". Booleans must be JSON booleans ("false" is a string, and truthy).
+"""The bootstrap request of the contract: parsing and validation (pure). Unknown fields and
+non-boolean flags are errors, never ignored ("false" is a string, and truthy).
 """
 
 from __future__ import annotations

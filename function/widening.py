@@ -1,11 +1,5 @@
-"""Which type changes BigQuery makes in place, losing no value: `ALTER COLUMN ... SET DATA TYPE`
-to a type the old one coerces to (BigQuery's conversion rules), or a parameterised type widened.
-
-INT64 coerces to NUMERIC, BIGNUMERIC and FLOAT64; NUMERIC to BIGNUMERIC and FLOAT64; BIGNUMERIC
-to FLOAT64. STRING(L) and BYTES(L) widen to a longer L or no limit; NUMERIC(P, S) and
-BIGNUMERIC(P, S) to a scale no smaller and as many integer digits or more (an unparameterised
-NUMERIC is NUMERIC(38, 9), BIGNUMERIC is BIGNUMERIC(76, 38), INT64 needs 19 integer digits).
-Everything else (narrowing, STRING to INT64, a parameter shrunk) needs the table recreated.
+"""Which type changes BigQuery makes in place, losing no value (`ALTER COLUMN ... SET DATA
+TYPE`): a coercion BigQuery allows, or a parameterised type widened.
 """
 
 from __future__ import annotations
@@ -14,6 +8,9 @@ from dataclasses import dataclass
 
 from .model import Column
 
+# BigQuery's coercions. Parameters widen to a longer STRING(L) or BYTES(L) (or none), and to a
+# NUMERIC(P, S) or BIGNUMERIC(P, S) with a scale no smaller and as many integer digits or more;
+# everything else (narrowing, STRING to INT64, a parameter shrunk) needs the table recreated.
 COERCIONS = {
     "INTEGER": {"NUMERIC", "BIGNUMERIC", "FLOAT"},
     "NUMERIC": {"BIGNUMERIC", "FLOAT"},
