@@ -1,4 +1,4 @@
-"""local-bigquery's own command line, with six answers corrected to BigQuery's.
+"""local-bigquery's own command line, with seven answers corrected to BigQuery's.
 
 The local stack runs ``.venv-emulator/bin/python -P deploy/local/bigquery_emulator.py serve ...``
 (Python 3.13, local-bigquery's environment: this file imports nothing of the project). It takes
@@ -37,6 +37,12 @@ writer learns that it lost a race, which the engine resolves by comparing again:
   each read: the table seems modified at every read, and never expires. Here its metadata is
   recorded when the job creates it, as for a table created by tables.insert.
 
+- **A table a copy job writes.** BigQuery gives the table a copy job creates or writes over the
+  source's schema: modes, descriptions, type parameters, policy tags. local-bigquery writes it
+  from the rows alone: every column NULLABLE, without its metadata, so a backup, and a table
+  restored from it, lose their REQUIRED columns. Here the source's schema follows the rows (a
+  copy of one table, not a snapshot or a clone, not appended).
+
 - **A column altered by DDL.** BigQuery keeps a column's metadata (description, maxLength,
   precision and scale, default value, policy tags) when `ALTER TABLE ... RENAME COLUMN` renames
   it, sets the parameters `ALTER COLUMN ... SET DATA TYPE` gives, and removes the default that
@@ -72,6 +78,8 @@ from local_bigquery.catalog import datasets, metadata, names, tables
 from local_bigquery.catalog import ddl as catalog_ddl
 from local_bigquery.cli import main
 from local_bigquery.engine import database
+from local_bigquery.jobs import copy as copy_job
+from local_bigquery.jobs import runner
 from local_bigquery.models import Table
 from sqlglot import exp
 
@@ -231,6 +239,44 @@ def _apply_ddl_keeping_column_metadata(
 
 
 catalog_ddl.apply = _apply_ddl_keeping_column_metadata  # called as catalog_ddl.apply() by query jobs
+_copy = copy_job.run
+
+
+def _copy_keeping_the_schema(cur: duckdb.DuckDBPyConnection, config: Any, upload: Any) -> Any:
+    """jobs.copy.run into a table made first with the source's schema (its columns NOT NULL
+    where REQUIRED, its metadata recorded), the rows then appended to it."""
+    sources = config.sourceTables or [config.sourceTable]
+    source = tables.reference(sources[0])
+    destination = tables.reference(config.destinationTable)
+    disposition = config.writeDisposition or "WRITE_EMPTY"
+    if (
+        len(sources) != 1
+        or config.operationType in copy_job.CLONES
+        or disposition == "WRITE_APPEND"
+        or copy_job.decorated(*source)
+    ):
+        return _copy(cur, config, upload)
+    fields = [f.dump() for f in tables.fields(tables.load(*source))]
+    kept = None
+    if tables.exists(*destination):
+        if (
+            disposition == "WRITE_EMPTY"
+            and cur.sql(f"SELECT 1 FROM {tables.name(*destination)} LIMIT 1").fetchone()
+        ):
+            return _copy(cur, config, upload)  # refused, as BigQuery refuses it
+        kept = metadata.load(Table, *destination)
+        tables.delete(*destination)
+    body = Table.model_validate(
+        {"tableReference": config.destinationTable.model_dump(), "schema": {"fields": fields}}
+    )
+    tables.create(*destination[:2], body, None)
+    statistics = _copy(cur, config.model_copy(update={"writeDisposition": "WRITE_APPEND"}), upload)
+    if kept is not None:  # written over: the table keeps its own metadata, with the source's schema
+        tables.record(*destination, kept.replace(schema={"fields": fields}))
+    return statistics
+
+
+runner.HANDLERS["copy"] = _copy_keeping_the_schema  # the job runner's table of handlers
 _application = importlib.import_module("local_bigquery.app")  # the module (the package exports `app`)
 _application.app.add_exception_handler(duckdb.Error, _application.handle_error)
 

@@ -461,6 +461,43 @@ def test_a_table_a_copy_job_creates_keeps_its_metadata_between_reads(stack: Stac
         client.close()
 
 
+def test_a_copy_job_keeps_the_source_schema_as_in_bigquery(stack: Stack) -> None:
+    """A backup and a restore are copy jobs: BigQuery gives the table it writes the source's
+    schema, modes, descriptions and type parameters included, whether it creates the table or
+    writes over one (deploy/local/bigquery_emulator.py: local-bigquery made every column NULLABLE
+    and dropped the descriptions)."""
+    from google.cloud import bigquery
+
+    client = stack.bigquery_client()
+    project = stack.config.project
+    dataset = f"copyschema_{uuid.uuid4().hex[:6]}"
+    schema = [
+        bigquery.SchemaField("a", "STRING", "REQUIRED", description="the key", max_length=8),
+        bigquery.SchemaField("b", "INT64", description="a number"),
+    ]
+    try:
+        client.create_dataset(dataset, timeout=30)
+        client.create_table(bigquery.Table(f"{project}.{dataset}.source", schema=schema), timeout=30)
+        assert client.insert_rows_json(f"{dataset}.source", [{"a": "x", "b": 1}]) == []
+        client.create_table(
+            bigquery.Table(f"{project}.{dataset}.over", schema=[bigquery.SchemaField("a", "STRING")]),
+            timeout=30,
+        )
+
+        client.copy_table(f"{dataset}.source", f"{dataset}.new", timeout=30).result(timeout=30)
+        truncate = bigquery.CopyJobConfig(write_disposition="WRITE_TRUNCATE")
+        client.copy_table(f"{dataset}.source", f"{dataset}.over", job_config=truncate).result(timeout=30)
+
+        for table in ("new", "over"):
+            assert [f.to_api_repr() for f in client.get_table(f"{dataset}.{table}").schema] == [
+                f.to_api_repr() for f in client.get_table(f"{dataset}.source").schema
+            ], table
+            assert [r["a"] for r in client.list_rows(f"{dataset}.{table}")] == ["x"]
+    finally:
+        client.delete_dataset(dataset, delete_contents=True, not_found_ok=True)
+        client.close()
+
+
 def test_a_column_altered_by_ddl_keeps_its_metadata_as_in_bigquery(stack: Stack) -> None:
     """As in BigQuery (deploy/local/bigquery_emulator.py makes the stored column metadata follow
     the statement): a renamed column keeps its description and length, a widened one gets the
