@@ -1,6 +1,7 @@
 """A small reverse HTTP proxy for tests and benchmarks, placed in front of a local emulator.
 
-It records every request (to assert, say, that a no-op run sends no writes) and, when asked,
+It records every request (to assert, say, that a no-op run sends no writes), with when it
+arrived and when its answer was ready (`timed()`, `round_trip_depth`), and, when asked,
 the bodies of the requests it forwards (to check what a client sent), adds latency, enforces
 BigQuery-like rate limits (answering 403 rateLimitExceeded like the real service), injects
 faults (503, 429, dropped connections, lost responses, extra delay) and runs a test's callback
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import math
 import random
 import re
 import select
@@ -29,7 +31,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal, NamedTuple
@@ -43,6 +45,8 @@ __all__ = [
     "RateLimit",
     "Recorded",
     "Sent",
+    "Timed",
+    "round_trip_depth",
 ]
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -88,6 +92,34 @@ class Recorded(NamedTuple):
     method: str
     path: str  # without the query, percent-encoding as sent
     status: int | None  # what the client received; None: the connection was dropped
+
+
+class Timed(NamedTuple):
+    """One request with when the proxy had it (`started`: its headers read) and when its answer
+    was ready (`ended`: the upstream answered, or the proxy's own answer or drop), on the proxy's
+    clock. The injected latency falls inside; the client's own time before and after does not."""
+
+    method: str
+    path: str
+    status: int | None
+    started: float
+    ended: float
+
+
+def round_trip_depth(requests: Iterable[Timed | tuple[float, float]]) -> int:
+    """The longest chain of requests each started no earlier than the previous one ended: the
+    round trips a client made one after another, whatever each one's own duration (a slow
+    upstream stretches the wall time, not this). Greedy by end time, which gives the largest set
+    of pairwise non-overlapping intervals; sorted by start, such a set is a chain. Requests of
+    several proxies count together when they share a clock (the default, time.monotonic)."""
+    spans = sorted(
+        ((r.started, r.ended) if isinstance(r, Timed) else r for r in requests), key=lambda s: s[1]
+    )
+    depth, free = 0, -math.inf
+    for started, ended in spans:
+        if started >= free:
+            depth, free = depth + 1, ended
+    return depth
 
 
 class Sent(NamedTuple):
@@ -265,6 +297,7 @@ class Proxy:
 
         self._lock = threading.Lock()
         self._records: list[Recorded] = []
+        self._timed: list[Timed] = []
         self._rejected = 0
         self._injected = 0
         self._windows: dict[tuple[int, str], deque[float]] = {}
@@ -327,6 +360,12 @@ class Proxy:
         with self._lock:
             return list(self._records)
 
+    def timed(self) -> list[Timed]:
+        """Every request so far with its start and end on the proxy's clock (`round_trip_depth`
+        turns them into the round trips a client made one after another)."""
+        with self._lock:
+            return list(self._timed)
+
     def reads(self) -> list[Recorded]:
         return [r for r in self.requests() if r.method in READ_METHODS]
 
@@ -362,6 +401,7 @@ class Proxy:
         they model the server's state, not the test's bookkeeping."""
         with self._lock:
             self._records.clear()
+            self._timed.clear()
             self._sent.clear()
             self._rejected = 0
             self._injected = 0
@@ -422,9 +462,11 @@ class Proxy:
             with self._lock:
                 self._sent.append(sent)
 
-    def _record(self, method: str, path: str, status: int | None) -> None:
+    def _record(self, method: str, path: str, status: int | None, started: float) -> None:
+        ended = self._clock()
         with self._lock:
             self._records.append(Recorded(method, path, status))
+            self._timed.append(Timed(method, path, status, started, ended))
 
     def _admit(self, method: str, path: str) -> RateLimit | None:
         """The first limit the request would exceed, or None after counting it in all."""
@@ -534,12 +576,14 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as google clients expect
     disable_nagle_algorithm = True  # headers and body go out in separate writes
     server: _Server
+    _started: float  # the current request's arrival, on the proxy's clock
 
     def log_message(self, format: str, *args: object) -> None:
         pass  # quiet: no per-request stderr lines
 
     def _handle(self) -> None:
         proxy = self.server.proxy
+        self._started = proxy._clock()
         method = self.command
         target = self.path
         if "://" in target.split("?", 1)[0]:  # absolute-form request target
@@ -613,7 +657,7 @@ class _Handler(BaseHTTPRequestHandler):
         status = error[0]
         payload = _error_body(*error)
         # Record before answering: a client that has its answer must find it recorded.
-        self.server.proxy._record(method, path, status)
+        self.server.proxy._record(method, path, status, self._started)
         self.send_response_only(status)
         self.send_header("Content-Type", "application/json; charset=UTF-8")
         self.send_header("Content-Length", str(len(payload)))
@@ -622,7 +666,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(payload)
 
     def _drop(self, method: str, path: str) -> None:
-        self.server.proxy._record(method, path, None)
+        self.server.proxy._record(method, path, None, self._started)
         self.close_connection = True
         with contextlib.suppress(OSError):
             self.connection.shutdown(socket.SHUT_RDWR)
@@ -710,7 +754,7 @@ class _Handler(BaseHTTPRequestHandler):
         if proxy.rewrite_urls and not no_body and "json" in (response.getheader("Content-Type") or ""):
             self._relay_rewritten(method, path, response, hop)
             return
-        proxy._record(method, path, status)
+        proxy._record(method, path, status, self._started)
 
         self.send_response_only(status, response.reason)
         for name, value in response.getheaders():
@@ -743,7 +787,7 @@ class _Handler(BaseHTTPRequestHandler):
         """A JSON answer with the upstream's URL replaced by the proxy's (buffered)."""
         proxy = self.server.proxy
         body = response.read().replace(proxy.upstream.encode(), proxy.url.encode())
-        proxy._record(method, path, response.status)
+        proxy._record(method, path, response.status, self._started)
         self.send_response_only(response.status, response.reason)
         for name, value in response.getheaders():
             if name.lower() not in hop and name.lower() != "content-length":
