@@ -46,6 +46,7 @@ __all__ = [
     "Recorded",
     "Sent",
     "Timed",
+    "round_trip_chain",
     "round_trip_depth",
 ]
 
@@ -106,20 +107,25 @@ class Timed(NamedTuple):
     ended: float
 
 
-def round_trip_depth(requests: Iterable[Timed | tuple[float, float]]) -> int:
+def round_trip_chain(requests: Iterable[Timed]) -> list[Timed]:
     """The longest chain of requests each started no earlier than the previous one ended: the
     round trips a client made one after another, whatever each one's own duration (a slow
     upstream stretches the wall time, not this). Greedy by end time, which gives the largest set
     of pairwise non-overlapping intervals; sorted by start, such a set is a chain. Requests of
     several proxies count together when they share a clock (the default, time.monotonic)."""
-    spans = sorted(
-        ((r.started, r.ended) if isinstance(r, Timed) else r for r in requests), key=lambda s: s[1]
-    )
-    depth, free = 0, -math.inf
-    for started, ended in spans:
-        if started >= free:
-            depth, free = depth + 1, ended
-    return depth
+    chain: list[Timed] = []
+    free = -math.inf
+    for request in sorted(requests, key=lambda r: r.ended):
+        if request.started >= free:
+            chain.append(request)
+            free = request.ended
+    return chain
+
+
+def round_trip_depth(requests: Iterable[Timed | tuple[float, float]]) -> int:
+    """The length of `round_trip_chain` (of Timed requests, or of (start, end) pairs)."""
+    timed = (r if isinstance(r, Timed) else Timed("", "", None, *r) for r in requests)
+    return len(round_trip_chain(timed))
 
 
 class Sent(NamedTuple):

@@ -23,6 +23,7 @@ from tests.support.proxy import (
     RateLimit,
     Recorded,
     Timed,
+    round_trip_chain,
     round_trip_depth,
 )
 
@@ -337,6 +338,17 @@ def test_round_trip_depth_is_the_longest_chain_of_requests_one_after_another(spa
     assert round_trip_depth(spans) == depth
     timed = [Timed("GET", f"/{n}", 200, started, ended) for n, (started, ended) in enumerate(spans)]
     assert round_trip_depth(timed) == depth
+
+
+def test_the_round_trip_chain_names_the_requests_made_one_after_another():
+    listing = Timed("GET", "/b/o", 200, 0.0, 1.0)
+    dataset = Timed("GET", "/datasets/d", 200, 0.0, 1.5)  # beside the listing
+    downloads = [Timed("GET", f"/download/o/{n}", 200, 1.1, 1.3 + n) for n in range(3)]
+    patch = Timed("PATCH", "/tables/t", 200, 3.5, 4.0)
+
+    chain = round_trip_chain([patch, *downloads, dataset, listing])
+
+    assert chain == [listing, downloads[0], patch]
 
 
 def test_rate_limits_answer_bigquery_403_without_forwarding(upstream, session):
