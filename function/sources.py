@@ -3,6 +3,8 @@ mapping of file name to bytes for `schema_files`."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -92,29 +94,81 @@ def _snapshot(
 ) -> Snapshot | Superseded:
     """One listing, then the downloads at once (a bounded pool). A file replaced or deleted
     between the listing and its read is another writer's change, not a broken source: the
-    prefix is listed and read again."""
+    prefix is listed and read again. The `pinned` upload's generation is known before the
+    listing: it is read while the prefix is listed, and used only as the listed generation."""
     kept = dict(held.generations) if held else {}
-    for _ in range(SNAPSHOT_ATTEMPTS):
-        listed = {n: o for n, o in bucket.list(prefix).items() if is_schema_file(n)}
-        heard(sorted(listed))
-        if pinned is not None:
-            live = listed.get(pinned[0])
-            if live is None or live.generation != pinned[1]:
-                now = "deleted" if live is None else f"generation {live.generation}"
-                return Superseded(f"{prefix}{pinned[0]}#{pinned[1]} is no longer live (now {now})")
-        files = {n: held.files[n] for n, o in listed.items() if held and kept.get(n) == o.generation}
-        missing = [o for n, o in sorted(listed.items()) if n not in files]
-        with ThreadPoolExecutor(min(DOWNLOADS, max(1, len(missing)))) as pool:
-            # An oversized file is read only far enough for validation to refuse it.
-            read = pool.map(lambda o: bucket.read(o.name, o.generation, _limit(o, prefix)), missing)
-            downloaded = dict(zip((o.name[len(prefix) :] for o in missing), read, strict=True))
-        if all(data is not None for data in downloaded.values()):
-            files.update(downloaded)  # type: ignore[arg-type]
-            return Snapshot(files, tuple(sorted((n, o.generation) for n, o in listed.items())))
+    ahead = None
+    early: tuple[str, bytes] | None = None  # the read-ahead's name and bytes, once confirmed
+    if pinned is not None and kept.get(pinned[0]) != pinned[1]:
+        ahead = _ReadAhead(bucket, prefix, *pinned)
+    try:
+        for _ in range(SNAPSHOT_ATTEMPTS):
+            listed = {n: o for n, o in bucket.list(prefix).items() if is_schema_file(n)}
+            heard(sorted(listed))
+            if pinned is not None:
+                live = listed.get(pinned[0])
+                if live is None or live.generation != pinned[1]:
+                    now = "deleted" if live is None else f"generation {live.generation}"
+                    return Superseded(f"{prefix}{pinned[0]}#{pinned[1]} is no longer live (now {now})")
+            files = {n: held.files[n] for n, o in listed.items() if held and kept.get(n) == o.generation}
+            if ahead is not None:  # the pinned generation is live (checked above): its bytes, if good
+                early, ahead = ahead.result(listed[ahead.name]), None
+            if early is not None:
+                files[early[0]] = early[1]
+            missing = [o for n, o in sorted(listed.items()) if n not in files]
+            with ThreadPoolExecutor(min(DOWNLOADS, max(1, len(missing)))) as pool:
+                # An oversized file is read only far enough for validation to refuse it.
+                read = pool.map(lambda o: bucket.read(o.name, o.generation, _limit(o, prefix)), missing)
+                downloaded = dict(zip((o.name[len(prefix) :] for o in missing), read, strict=True))
+            if all(data is not None for data in downloaded.values()):
+                files.update(downloaded)  # type: ignore[arg-type]
+                return Snapshot(files, tuple(sorted((n, o.generation) for n, o in listed.items())))
+    finally:
+        if ahead is not None:
+            ahead.abandon()
     raise TransientError(
         f"the schemas in gs://{bucket.name}/{prefix} kept changing while being read ({SNAPSHOT_ATTEMPTS} "
         "attempts); the event will be delivered again"
     )
+
+
+class _ReadAhead:
+    """The read of an uploaded object at the generation its event names, started before the
+    listing that must confirm it (one round trip fewer for an upload event). Its bytes are used
+    only when the listing shows that generation live and they are what the listing describes
+    (the size, and the MD5 when the object has one; an oversized object read to its limit + 1
+    byte, as any download of it is); else, or when it failed in any way, the object is downloaded
+    as any other listed one, so the snapshot is exactly as safe as without it."""
+
+    def __init__(self, bucket: Bucket, prefix: str, name: str, generation: int) -> None:
+        self.name = name  # relative to the prefix
+        self._limit = max_bytes(name)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="read-ahead")
+        self._future = self._pool.submit(bucket.read, prefix + name, generation, self._limit)
+
+    def result(self, listed: StoredObject) -> tuple[str, bytes] | None:
+        """The name and bytes, if they are the listed object's (`listed`: the same generation)."""
+        try:
+            data = self._future.result()
+        except Exception:  # whatever it was, the ordinary download after the listing decides
+            return None
+        finally:
+            self._pool.shutdown(wait=False)
+        if data is None:
+            return None
+        if listed.size > self._limit:  # oversized: the same prefix any download of it reads
+            return (self.name, data) if len(data) == self._limit + 1 else None
+        if len(data) != listed.size:
+            return None
+        digest = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
+        if listed.md5 is not None and digest != listed.md5:
+            return None
+        return self.name, data
+
+    def abandon(self) -> None:
+        """Not needed (superseded, or the listing failed): its bytes are dropped. It went out
+        with the listing, so waiting for it costs nothing more, and no read outlives the run."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _limit(stored: StoredObject, prefix: str) -> int | None:

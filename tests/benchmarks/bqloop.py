@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from tests.support.proxy import round_trip_depth
+
 from .harness import Bench, Measured, count_requests
 
 DISCOVERY = Path("platform/bq/discovery_next/bigquery.json")
@@ -102,7 +104,10 @@ def run_loop(bench: Bench, scenario: str, schemas: Path, dataset: str, root: Pat
         done = subprocess.run(["bash", str(path)], env=env, capture_output=True, text=True, check=False)
         seconds = time.perf_counter() - started
         records = proxy.requests()
-    measured = Measured(scenario, "bq mk -f loop (shell script)", seconds, bench.latency, None)
+        round_trips = round_trip_depth(proxy.timed())
+    measured = Measured(
+        scenario, "bq mk -f loop (shell script)", seconds, bench.latency, None, round_trips=round_trips
+    )
     measured.status = "ok" if done.returncode == 0 else f"exit {done.returncode}: {done.stderr[-300:]}"
     count_requests(records, measured)
     return measured

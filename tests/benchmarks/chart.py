@@ -13,7 +13,7 @@ from .harness import Measured
 
 LABEL_WIDTH = 360  # the scenario names
 PLOT_WIDTH = 420
-NOTE_WIDTH = 130  # "12.34 s, 12.3x"
+NOTE_WIDTH = 190  # "12.34 s, 12.3x, 12 round trips"
 ROW = 22
 TOP = 44
 TICKS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500)
@@ -55,6 +55,8 @@ def svg(rows: list[Measured], variant: str, title: str) -> str:
         out.append(_bar(LABEL_WIDTH, y + 2, x(row.limit or low) - LABEL_WIDTH, 8, LIMIT))
         out.append(_bar(LABEL_WIDTH, y + 10, x(row.seconds) - LABEL_WIDTH, 8, WALL))
         note = f"{row.seconds:.2f} s, {row.over_limit:.1f}x"
+        if row.round_trips is not None:
+            note += f", {row.round_trips} round trip{'' if row.round_trips == 1 else 's'}"
         out.append(f'<text x="{LABEL_WIDTH + PLOT_WIDTH + 6}" y="{y + 14}">{note}</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"

@@ -23,6 +23,8 @@ import time
 import uuid
 from pathlib import Path
 
+from tests.support.proxy import round_trip_depth
+
 from .harness import REPO, Bench, Measured, count_requests
 
 BASELINE_IMPORTS = "import google.cloud.bigquery, google.cloud.pubsub_v1, google.cloud.storage, cloudevents, functions_framework"
@@ -73,6 +75,7 @@ def _function_once(bench: Bench, dataset: str, concurrency: int | None) -> Measu
             with contextlib.suppress(OSError):
                 os.rmdir(runtime_dir)
         records = proxy.requests()
+        round_trips = round_trip_depth(proxy.timed())
     measured = Measured(
         "cold start",
         "functions-framework, first event",
@@ -81,6 +84,7 @@ def _function_once(bench: Bench, dataset: str, concurrency: int | None) -> Measu
         None,
         rss_mib=rss / 1024 if rss else None,
         status="answered" if status == 200 else f"HTTP {status}",
+        round_trips=round_trips,
     )
     count_requests(records, measured)
     return measured

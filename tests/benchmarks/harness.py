@@ -27,7 +27,7 @@ from typing import Any
 
 from deploy.local.stack import Stack, StackConfig
 from function.ratelimit import API_REQUESTS_PER_SECOND, TABLE_INSERTS_PER_SECOND
-from tests.support.proxy import BIGQUERY_RATE_LIMITS, READ_METHODS, Proxy, Recorded
+from tests.support.proxy import BIGQUERY_RATE_LIMITS, READ_METHODS, Proxy, Recorded, round_trip_chain
 
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = "bench-project"
@@ -47,6 +47,10 @@ class Measured:
     seconds: float
     latency: float
     min_depth: int | None  # round trips on the dependency chain; None: not an engine run
+    # Round trips the run made one after another, from the proxies' records of each request's
+    # arrival and answer (BigQuery's and Cloud Storage's together): `round_trip_depth`.
+    round_trips: int | None = None
+    chain: list[str] = field(default_factory=list)  # one such chain: "METHOD endpoint status"
     reads: int = 0
     writes: int = 0
     rejected: int = 0  # answered 403 rateLimitExceeded by the proxy
@@ -69,7 +73,9 @@ class Measured:
 
     @property
     def depth(self) -> float | None:
-        """Critical-path depth as measured: wall time over the injected latency."""
+        """Wall depth: wall time over the injected latency. The user's time, in round trips, and
+        so it includes the emulator's own time per request (see `round_trips` for the round trips
+        the run made one after another, whatever the emulator's speed)."""
         return self.seconds / self.latency if self.latency > 0 else None
 
     @property
@@ -380,6 +386,9 @@ class Instance:
         count_requests(self._bigquery.requests(), measured)
         if self._storage is not None:
             count_storage(self._storage.requests(), measured)
+        chain = round_trip_chain(t for proxy in self._proxies() for t in proxy.timed())
+        measured.round_trips = len(chain)
+        measured.chain = [f"{r.method} {endpoint(r.path)} {r.status}" for r in chain]
         return measured
 
     def _proxies(self) -> Iterator[Proxy]:

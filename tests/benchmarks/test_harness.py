@@ -8,17 +8,20 @@ from pathlib import Path
 import pytest
 
 from tests.benchmarks import bqloop, report, scenarios, tables
-from tests.benchmarks.harness import Bench, endpoint
+from tests.benchmarks.harness import Bench, Measured, endpoint
 
 pytestmark = pytest.mark.emulators
 
 TABLES = 3
+# Enough latency that requests the function sends together overlap in the proxies' records
+# whatever the machine's scheduling, so the round trips counted are the function's ordering.
+LATENCY = 0.1
 DATASETS = "/bigquery/v2/projects/{p}/datasets"
 TABLE = DATASETS + "/{d}/tables/{t}"
 
 
 def test_harness_counts_the_requests_of_each_scenario(bigquery_stack, tmp_path):
-    bench = Bench(tmp_path, latency=0.01, stack=bigquery_stack)
+    bench = Bench(tmp_path, latency=LATENCY, stack=bigquery_stack)
     folder, added = scenarios.generated_folders(tmp_path, TABLES)
     variants = [scenarios.default(None), scenarios.SEQUENTIAL]
 
@@ -42,6 +45,13 @@ def test_harness_counts_the_requests_of_each_scenario(bigquery_stack, tmp_path):
         f"GET {TABLE}": TABLES,
         f"PATCH {TABLE}": TABLES,
     }
+    # Round trips one after another: the dependency chain's, no more (the dataset read with the
+    # tables; fresh: then create it, then the tables; one column added: then the patches).
+    assert (fresh.round_trips, noop.round_trips, patched.round_trips) == (3, 1, 2)
+    assert [r.chain for r in (noop, patched)] == [
+        [f"GET {DATASETS}/{{d}} 200"],
+        [f"GET {DATASETS}/{{d}} 200", f"PATCH {TABLE} 200"],
+    ]
     for row in rows:
         assert row.rejected == row.repeated_reads == 0
         assert row.rss_mib is not None and row.rss_mib > 0
@@ -54,6 +64,27 @@ def test_harness_counts_the_requests_of_each_scenario(bigquery_stack, tmp_path):
     assert report.table(rows).count("\n") == len(rows) + 1
     noop_target = report.targets(rows, TABLES, "default")[0]
     assert noop_target.met, noop_target
+
+
+def test_depth_targets_are_judged_on_the_round_trips_and_show_the_wall_depth_too():
+    def row(instance: str, seconds: float, round_trips: int) -> Measured:
+        return Measured(
+            f"nothing to do, {instance} instance, 8 {report.BUCKET}",
+            "default",
+            seconds,
+            latency=0.2,
+            min_depth=1,
+            round_trips=round_trips,
+        )
+
+    # The emulator's own time makes the cold run 3.2 latencies long; it made 2 round trips.
+    rows = [row("cold", 0.64, 2), row("warm", 0.2, 2)]
+
+    cold, warm = (t for t in report.targets(rows, 8, "default") if "nothing to do, 8" in t.text)
+
+    assert cold.met is True and "2 round trips one after another (wall depth 3.2)" in cold.detail
+    assert warm.met is False and "2 round trips one after another (wall depth 1.0)" in warm.detail
+    assert "round trips" in report.table(rows).splitlines()[0]
 
 
 def test_endpoint_names_the_shape_of_a_path():
@@ -92,7 +123,7 @@ def test_generated_tables_are_valid_and_a_third_partitioned(tmp_path):
 def test_bucket_scenarios_list_once_and_download_only_what_an_instance_lacks(
     bigquery_stack, storage_stack, tmp_path
 ):
-    bench = Bench(tmp_path, latency=0.01, stack=bigquery_stack, storage=storage_stack)
+    bench = Bench(tmp_path, latency=LATENCY, stack=bigquery_stack, storage=storage_stack)
     folder = tables.generated(tmp_path / "g", TABLES)
     objects = TABLES + 1  # and the manifest
 
@@ -134,6 +165,20 @@ def test_bucket_scenarios_list_once_and_download_only_what_an_instance_lacks(
             TABLES,
             TABLES,
         )
+    # Round trips one after another, per step and instance: exactly the dependency chain's
+    # (scenarios.BUCKET_STEPS). A warm instance with nothing to do lists the prefix while it
+    # reads the dataset and the tables it holds: one round trip. A cold one lists, then
+    # downloads the files while it reads the listed tables: two.
+    depths = {step: r.round_trips for step, r in by.items()}
+    assert depths == {
+        "fresh, cold instance": 4,  # list -> download -> create the dataset -> create the tables
+        "fresh, warm instance": 3,  # list (nothing to download) -> create the dataset -> the tables
+        "nothing to do, cold instance": 2,
+        "nothing to do, warm instance": 1,
+        "one column added, cold instance": 3,  # list -> download -> patch
+        "one column added, warm instance": 3,  # list -> download the changed files -> patch
+    }
+    assert all(r.round_trips == r.min_depth for r in rows)
     for row in rows:
         assert row.rejected == row.repeated_reads == 0
     assert report.outcome_problems(rows) == []

@@ -101,7 +101,7 @@ def test_a_warm_instance_downloads_only_what_changed(
     assert changed.digest != cold.digest
 
 
-def test_an_upload_no_longer_live_is_superseded_and_reads_nothing(
+def test_an_upload_no_longer_live_is_superseded_and_changes_nothing(
     bigquery_proxy: Proxy, storage_proxy: Proxy, dataset_name: str, prefix: str, storage_stack: Stack
 ) -> None:
     settings = settings_for(bigquery_proxy, storage_proxy, dataset_name, prefix)
@@ -112,8 +112,58 @@ def test_an_upload_no_longer_live_is_superseded_and_reads_nothing(
 
     assert isinstance(superseded, Superseded)
     assert "is no longer live" in superseded.reason
-    assert counted(storage_proxy) == {"list": 1, "download": 0}
+    # The one download is the read of the event's generation sent with the listing (Cloud
+    # Storage answers it 412; fake-gcs-server ignores ifGenerationMatch on downloads): unused.
+    assert counted(storage_proxy) == {"list": 1, "download": 1}
     assert bigquery_proxy.writes() == []
+
+
+@pytest.mark.parametrize("instance", ["cold", "warm"])
+def test_an_upload_reads_the_generation_it_names_while_the_prefix_is_listed(
+    bigquery_proxy: Proxy,
+    storage_proxy: Proxy,
+    dataset_name: str,
+    prefix: str,
+    storage_stack: Stack,
+    instance: str,
+) -> None:
+    """The event names the object and its generation, so its download goes out with the listing,
+    not after it: a warm instance's upload is one round trip shorter (list and download, then
+    patch). The listing is held until that download has been answered (or a bound passes, which
+    fails the test); the bytes are then used as the listed generation's, not downloaded again."""
+    settings = settings_for(bigquery_proxy, storage_proxy, dataset_name, prefix)
+    name = "tenant_profiles.json"
+    if instance == "warm":
+        converge(settings)  # the instance holds the prefix, and the tables exist
+    blob = storage_stack.storage_client().bucket("tenant-schemas").blob(prefix + name)
+    columns = json.loads((SCHEMAS / name).read_text())
+    columns.append({"name": "uploaded_note", "type": "STRING", "mode": "NULLABLE"})
+    blob.upload_from_string(json.dumps(columns))
+    storage_proxy.reset()
+    bigquery_proxy.reset()
+    seen: list[list[str]] = []
+
+    def downloads() -> list[str]:
+        return [r.path for r in storage_proxy.requests() if r.path.startswith("/download/")]
+
+    def hold_the_listing() -> None:
+        deadline = time.monotonic() + 10
+        while not downloads() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen.append(downloads())
+
+    storage_proxy.before_next(hold_the_listing, method="GET", path_regex=r"^/storage/v1/b/[^/]+/o$")
+
+    request = BootstrapRequest(request_id=f"r-{uuid.uuid4().hex[:6]}", tables=("tenant_profiles",))
+    done = runner.converge(request, settings, upload=(name, blob.generation))  # as the handler asks
+
+    assert not isinstance(done, Superseded)
+    assert done.result.status == "succeeded"
+    assert len(seen) == 1 and len(seen[0]) == 1 and seen[0][0].endswith(name)
+    expected = 1 if instance == "warm" else len(TABLES) + 1  # a cold one reads the rest after the listing
+    assert counted(storage_proxy) == {"list": 1, "download": expected}
+    action = "updated" if instance == "warm" else "created"
+    assert [(t.table, t.action) for t in done.result.tables] == [("tenant_profiles", action)]
 
 
 def test_a_bucket_run_declares_exactly_what_a_folder_run_does(

@@ -151,7 +151,9 @@ def test_eight_forced_tables_are_each_recreated_once_with_every_row_kept(
 
     result = deliver(settings, gcs, request)
 
-    assert isinstance(result, EnsureResult) and result.status == "succeeded", [t for t in result.tables if t.error]
+    assert isinstance(result, EnsureResult) and result.status == "succeeded", [
+        t for t in result.tables if t.error
+    ]
     assert {t.table: t.action for t in result.tables} == {t: "recreated" for t in TABLES}
     assert drops(bigquery_proxy) == {t: 1 for t in TABLES}
     assert sorted(b["table"] for b in result.backups) == TABLES

@@ -1,6 +1,7 @@
 """A small reverse HTTP proxy for tests and benchmarks, placed in front of a local emulator.
 
-It records every request (to assert, say, that a no-op run sends no writes) and, when asked,
+It records every request (to assert, say, that a no-op run sends no writes), with when it
+arrived and when its answer was ready (`timed()`, `round_trip_depth`), and, when asked,
 the bodies of the requests it forwards (to check what a client sent), adds latency, enforces
 BigQuery-like rate limits (answering 403 rateLimitExceeded like the real service), injects
 faults (503, 429, dropped connections, lost responses, extra delay) and runs a test's callback
@@ -20,12 +21,13 @@ from __future__ import annotations
 
 import http.client
 import json
+import math
 import random
 import select
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -51,6 +53,9 @@ __all__ = [
     "RateLimit",
     "Recorded",
     "Sent",
+    "Timed",
+    "round_trip_chain",
+    "round_trip_depth",
 ]
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -65,6 +70,39 @@ class Recorded(NamedTuple):
     method: str
     path: str  # without the query, percent-encoding as sent
     status: int | None  # what the client received; None: the connection was dropped
+
+
+class Timed(NamedTuple):
+    """One request with when the proxy had it (`started`: its headers read) and when its answer
+    was ready (`ended`: the upstream answered, or the proxy's own answer or drop), on the proxy's
+    clock. The injected latency falls inside; the client's own time before and after does not."""
+
+    method: str
+    path: str
+    status: int | None
+    started: float
+    ended: float
+
+
+def round_trip_chain(requests: Iterable[Timed]) -> list[Timed]:
+    """The longest chain of requests each started no earlier than the previous one ended: the
+    round trips a client made one after another, whatever each one's own duration (a slow
+    upstream stretches the wall time, not this). Greedy by end time, which gives the largest set
+    of pairwise non-overlapping intervals; sorted by start, such a set is a chain. Requests of
+    several proxies count together when they share a clock (the default, time.monotonic)."""
+    chain: list[Timed] = []
+    free = -math.inf
+    for request in sorted(requests, key=lambda r: r.ended):
+        if request.started >= free:
+            chain.append(request)
+            free = request.ended
+    return chain
+
+
+def round_trip_depth(requests: Iterable[Timed | tuple[float, float]]) -> int:
+    """The length of `round_trip_chain` (of Timed requests, or of (start, end) pairs)."""
+    timed = (r if isinstance(r, Timed) else Timed("", "", None, *r) for r in requests)
+    return len(round_trip_chain(timed))
 
 
 class Sent(NamedTuple):
@@ -125,6 +163,7 @@ class Proxy:
 
         self._lock = threading.Lock()
         self._records: list[Recorded] = []
+        self._timed: list[Timed] = []
         self._rejected = 0
         self._injected = 0
         self._windows: dict[tuple[int, str], deque[float]] = {}
@@ -182,6 +221,12 @@ class Proxy:
 
     # -- what was seen ------------------------------------------------------------------
 
+    def timed(self) -> list[Timed]:
+        """Every request so far with its start and end on the proxy's clock (`round_trip_depth`
+        turns them into the round trips a client made one after another)."""
+        with self._lock:
+            return list(self._timed)
+
     def requests(self) -> list[Recorded]:
         """A snapshot of every request so far, in arrival order of their answers."""
         with self._lock:
@@ -222,6 +267,7 @@ class Proxy:
         they model the server's state, not the test's bookkeeping."""
         with self._lock:
             self._records.clear()
+            self._timed.clear()
             self._sent.clear()
             self._rejected = 0
             self._injected = 0
@@ -282,9 +328,11 @@ class Proxy:
             with self._lock:
                 self._sent.append(sent)
 
-    def _record(self, method: str, path: str, status: int | None) -> None:
+    def _record(self, method: str, path: str, status: int | None, started: float) -> None:
+        ended = self._clock()
         with self._lock:
             self._records.append(Recorded(method, path, status))
+            self._timed.append(Timed(method, path, status, started, ended))
 
     def _admit(self, method: str, path: str) -> RateLimit | None:
         """The first limit the request would exceed, or None after counting it in all."""

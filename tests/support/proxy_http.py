@@ -87,12 +87,14 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as google clients expect
     disable_nagle_algorithm = True  # headers and body go out in separate writes
     server: Server
+    _started: float  # the current request's arrival, on the proxy's clock
 
     def log_message(self, format: str, *args: object) -> None:
         pass  # quiet: no per-request stderr lines
 
     def _handle(self) -> None:
         proxy = self.server.proxy
+        self._started = proxy._clock()
         method = self.command
         target = self.path
         if "://" in target.split("?", 1)[0]:  # absolute-form request target
@@ -166,7 +168,7 @@ class _Handler(BaseHTTPRequestHandler):
         status = error[0]
         payload = error_body(*error)
         # Record before answering: a client that has its answer must find it recorded.
-        self.server.proxy._record(method, path, status)
+        self.server.proxy._record(method, path, status, self._started)
         self.send_response_only(status)
         self.send_header("Content-Type", "application/json; charset=UTF-8")
         self.send_header("Content-Length", str(len(payload)))
@@ -175,7 +177,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(payload)
 
     def _drop(self, method: str, path: str) -> None:
-        self.server.proxy._record(method, path, None)
+        self.server.proxy._record(method, path, None, self._started)
         self.close_connection = True
         with contextlib.suppress(OSError):
             self.connection.shutdown(socket.SHUT_RDWR)
@@ -263,7 +265,7 @@ class _Handler(BaseHTTPRequestHandler):
         if proxy.rewrite_urls and not no_body and "json" in (response.getheader("Content-Type") or ""):
             self._relay_rewritten(method, path, response, hop)
             return
-        proxy._record(method, path, status)
+        proxy._record(method, path, status, self._started)
 
         self.send_response_only(status, response.reason)
         for name, value in response.getheaders():
@@ -296,7 +298,7 @@ class _Handler(BaseHTTPRequestHandler):
         """A JSON answer with the upstream's URL replaced by the proxy's (buffered)."""
         proxy = self.server.proxy
         body = response.read().replace(proxy.upstream.encode(), proxy.url.encode())
-        proxy._record(method, path, response.status)
+        proxy._record(method, path, response.status, self._started)
         self.send_response_only(response.status, response.reason)
         for name, value in response.getheaders():
             if name.lower() not in hop and name.lower() != "content-length":

@@ -19,7 +19,16 @@ import pytest
 import requests
 
 from tests.support import proxy as proxy_module
-from tests.support.proxy import BIGQUERY_RATE_LIMITS, FaultPlan, Proxy, RateLimit, Recorded
+from tests.support.proxy import (
+    BIGQUERY_RATE_LIMITS,
+    FaultPlan,
+    Proxy,
+    RateLimit,
+    Recorded,
+    Timed,
+    round_trip_chain,
+    round_trip_depth,
+)
 from tests.support.waiting import wait_until
 
 TABLES = "/bigquery/v2/projects/p/datasets/d/tables"
@@ -274,6 +283,77 @@ def test_latency_sleeps_before_every_request(upstream, session):
         proxy.latency = 0.0
         session.get(f"{proxy.url}/c")
         assert sleep.calls == [0.25, 0.25]
+
+
+def test_each_request_is_timed_from_its_arrival_to_its_answer(upstream, session):
+    clock = FakeClock()
+
+    def sleep(seconds: float) -> None:  # the injected latency, on the fake clock
+        clock.now += seconds
+
+    with Proxy(upstream.url, latency=0.25, clock=clock, sleep=sleep) as proxy:
+        session.get(f"{proxy.url}/a")
+        session.post(f"{proxy.url}/b", data=b"x")
+        assert proxy.timed() == [
+            Timed("GET", "/a", 200, 1000.0, 1000.25),
+            Timed("POST", "/b", 200, 1000.25, 1000.5),
+        ]
+        assert round_trip_depth(proxy.timed()) == 2
+        proxy.reset()
+        assert proxy.timed() == []
+
+
+def test_requests_in_flight_together_are_one_round_trip(upstream, session):
+    with Proxy(upstream.url, latency=0.2) as proxy:
+        barrier = threading.Barrier(3)
+
+        def get(path: str) -> None:
+            with requests.Session() as own:
+                barrier.wait()
+                own.get(f"{proxy.url}{path}")
+
+        threads = [threading.Thread(target=get, args=(f"/{n}",)) for n in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        session.get(f"{proxy.url}/after")  # after all three answered: a second round trip
+
+        assert len(proxy.timed()) == 4
+        assert round_trip_depth(proxy.timed()) == 2
+
+
+@pytest.mark.parametrize(
+    ("spans", "depth"),
+    [
+        ([], 0),
+        ([(0, 1)], 1),
+        ([(0, 1), (1, 2), (2, 3)], 3),  # one after another (started as the previous ended)
+        ([(0, 1), (0.1, 1.1), (0.2, 0.9)], 1),  # in flight together
+        # a list, then the downloads and reads together, then a write: 3, however slow each is
+        ([(0, 1), (1.1, 5.0), (1.1, 1.4), (1.2, 1.3), (5.1, 9.0)], 3),
+        # a long request beside a chain of short ones: the chain counts, not the long one
+        ([(0, 10), (0, 1), (1, 2), (2, 3), (3, 4)], 4),
+        # overlapping neighbours: greedy by end picks (0,2), (2,3), (3.5,6)
+        ([(0, 2), (1, 3), (2, 3), (2.5, 5), (3.5, 6)], 3),
+        ([(5, 6), (0, 1)], 2),  # order of arrival does not matter
+    ],
+)
+def test_round_trip_depth_is_the_longest_chain_of_requests_one_after_another(spans, depth):
+    assert round_trip_depth(spans) == depth
+    timed = [Timed("GET", f"/{n}", 200, started, ended) for n, (started, ended) in enumerate(spans)]
+    assert round_trip_depth(timed) == depth
+
+
+def test_the_round_trip_chain_names_the_requests_made_one_after_another():
+    listing = Timed("GET", "/b/o", 200, 0.0, 1.0)
+    dataset = Timed("GET", "/datasets/d", 200, 0.0, 1.5)  # beside the listing
+    downloads = [Timed("GET", f"/download/o/{n}", 200, 1.1, 1.3 + n) for n in range(3)]
+    patch = Timed("PATCH", "/tables/t", 200, 3.5, 4.0)
+
+    chain = round_trip_chain([patch, *downloads, dataset, listing])
+
+    assert chain == [listing, downloads[0], patch]
 
 
 def test_rate_limits_answer_bigquery_403_without_forwarding(upstream, session):
