@@ -200,14 +200,15 @@ def test_a_run_past_its_deadline_stops_and_redeliveries_finish_the_work(
         )
         written = bootstrap_with_rows(settings, client)
         proxy.reset()
-        request = forced(dataset_name, rows=rows)
+        forced_tables = TABLES[:4]  # enough for a deadline mid-way, few enough to keep it short
+        request = forced(dataset_name, rows=rows, tables=forced_tables)
         # Deadline = start + timeout - retry deadline: one second from now, mid-way through.
         with pytest.raises(gate.DeadlinePassed):
             deliver(settings, gcs, request, started=time.monotonic() - 6)
         first = drops(proxy)
-        assert len(first) < len(TABLES)
+        assert len(first) < len(forced_tables)
 
-        for _ in range(3 * len(TABLES)):  # each redelivery goes on from where the last one stopped
+        for _ in range(3 * len(forced_tables)):  # each redelivery goes on from where the last one stopped
             try:
                 result = deliver(settings, gcs, request)
                 break
@@ -215,7 +216,10 @@ def test_a_run_past_its_deadline_stops_and_redeliveries_finish_the_work(
                 continue
 
         assert isinstance(result, EnsureResult) and result.status == "succeeded"
-        assert drops(proxy) == {t: 1 for t in TABLES}
+        # Each table dropped once (a copy a stopped delivery left half made is made again).
+        assert {t: n for t, n in drops(proxy).items() if "__migrating_" not in t} == dict.fromkeys(
+            forced_tables, 1
+        )
         assert_every_row_survives(client, dataset_name, written)
 
 
