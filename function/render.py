@@ -24,8 +24,9 @@ PLAN_WORDS = {
     "blocked": "blocked",
 }
 BLOCKED_HELP = (
-    "left untouched: revert the change, or recreate the table (apply --force-recreate-tables, see "
-    "`python -m function apply --help`), or for columns no longer declared apply --drop-columns"
+    "left untouched: revert the change, or recreate the table with its rows migrated (apply "
+    "--force-recreate-tables, see `python -m function apply --help`), or for columns no longer "
+    "declared apply --drop-columns"
 )
 
 

@@ -46,7 +46,8 @@ def test_plan_listing() -> None:
             "    = quotas           unchanged",
             "    ! runs             blocked",
             "        column calls changes type INTEGER -> STRING: needs the table recreated",
-            "        left untouched: revert the change, or recreate the table (apply --force-recreate-tables, see "
+            "        left untouched: revert the change, or recreate the table with its rows migrated (apply "
+            "--force-recreate-tables, see "
             "`python -m function apply --help`), or for columns no longer declared apply --drop-columns",
             "  -/+ queue            recreate",
             "        drop and recreate: create table with 2 columns",
