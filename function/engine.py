@@ -16,7 +16,7 @@ from .bigquery_adapter import BigQueryAdapter, DatasetObject
 from .config import Settings
 from .errors import PermanentError, RefusedError, TransientError
 from .gate import DATASET_STEP, Authorization, check_consents, select_tables
-from .migrate import Migrator, copied_step
+from .migrate import Migrator, copied_step, refused
 from .migration import Migration, plan_migration
 from .model import DatasetSpec, DeclaredState, TableSpec
 from .plan import Action, DatasetPlan, TablePlan, plan_dataset, plan_table
@@ -270,10 +270,7 @@ class _Convergence:
     def _migrate(self, spec: TableSpec, plan: TablePlan, migration: Migration) -> TableResult:
         """A forced recreation that carries the rows across (the request's rows: "keep")."""
         if migration.problems:
-            error = (
-                f"refused to migrate the rows: {'; '.join(migration.problems)}. Nothing was changed. Or "
-                'send the request with "rows": "discard" (the rows then stay only in the backup)'
-            )
+            error = refused(spec.name, migration.problems, "Change the declared schema")
             return TableResult(spec.name, "blocked", migration.problems, error)
         statements = self.migrator.statements(migration)
         changes = plan.changes + migration.changes

@@ -19,6 +19,14 @@ from .migration import Migration
 from .model import TableSpec
 
 
+def refused(table: str, reasons: list[str] | tuple[str, ...], fix: str) -> str:
+    """Why the rows of `table` are not migrated (nothing was changed), and the ways out."""
+    return (
+        f"refused to migrate the rows of {table}: {'; '.join(reasons)}. Nothing was changed. {fix}, or "
+        'send the request with "rows": "discard" (the rows then stay only in the backup)'
+    )
+
+
 def copied_step(table: str) -> str:
     """The ledger's name of "every row of `table` is in its temporary table"."""
     return f"{table} (rows copied)"
@@ -54,11 +62,7 @@ class Migrator:
         source = self._ref(spec.name)
         failures = migration.failures(self._read(migration.check_sql(source)))
         if failures:
-            raise PermanentError(
-                f"refused to migrate the rows of {spec.name}: {'; '.join(failures)}. Nothing was "
-                'changed. Correct those rows, or send the request with "rows": "discard" (the '
-                "rows then stay only in the backup)"
-            )
+            raise PermanentError(refused(spec.name, failures, "Correct those rows"))
         self.backups.backup(spec.name, authorization)  # raises, leaving the table in place
         target = self._fresh_temporary(spec, authorization)
         self._run(migration.insert_sql(source, self._ref(target.table_id)), target, authorization)
