@@ -1,5 +1,7 @@
 """The diff between declared and actual state, classified as BigQuery allows it (pure). The
 cases and their reasons: README, "What changes in place, and what is blocked".
+
+Over 400 lines: one classifier, table and dataset, each kind of change beside its reason.
 """
 
 from __future__ import annotations

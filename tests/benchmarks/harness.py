@@ -7,6 +7,8 @@ next ones a warm instance's. Each instance gets proxies of its own (so rate-limi
 empty, like a user that was idle) and a dataset of its own, in front of one emulator per group
 of scenarios (restarted empty between groups: local-bigquery's cost per request grows with the
 tables it holds).
+
+Over 400 lines: the stack, the instances and the measurement of a run belong together.
 """
 
 from __future__ import annotations
