@@ -670,8 +670,10 @@ def test_workdir_is_not_shared_by_two_stacks(tmp_path: Path) -> None:
 # ---- python -m deploy.local.stack ---------------------------------------------------------
 
 
-def test_command_line_runs_until_sigterm(tmp_path: Path, process_marker: str) -> None:
-    workdir = tmp_path / "work"
+@contextlib.contextmanager
+def stack_command(workdir: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, str], list[str]]]:
+    """`python -m deploy.local.stack --no-function` running, once its env file is written: the
+    process, what the file exports and its lines; killed on the way out if it still runs."""
     process = subprocess.Popen(
         [sys.executable, "-m", "deploy.local.stack", "--no-function", "--workdir", str(workdir)],
         cwd=REPO_ROOT,
@@ -683,21 +685,26 @@ def test_command_line_runs_until_sigterm(tmp_path: Path, process_marker: str) ->
         env_file = workdir / "env"
         wait_until(lambda: env_file.exists() or process.poll() is not None, "the env file")
         assert process.poll() is None, process.communicate()
-        exported = dict(
-            line.removeprefix("export ").split("=", 1) for line in env_file.read_text().splitlines()
-        )
-        assert "FUNCTION_URL" not in exported
-        assert http_status(int(exported["PUBSUB_EMULATOR_HOST"].rsplit(":", 1)[1])) == 200
-        process.send_signal(signal.SIGTERM)
-        stdout, stderr = process.communicate(timeout=DEADLINE_S)
+        lines = env_file.read_text().splitlines()
+        exported = dict(line.removeprefix("export ").split("=", 1) for line in lines)
+        yield process, exported, lines
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_command_line_runs_until_sigterm(tmp_path: Path, process_marker: str) -> None:
+    workdir = tmp_path / "work"
+    with stack_command(workdir) as (process, exported, _):
+        assert "FUNCTION_URL" not in exported
+        assert http_status(int(exported["PUBSUB_EMULATOR_HOST"].rsplit(":", 1)[1])) == 200
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=DEADLINE_S)
     assert process.returncode == 0, stderr
     assert "export BIGQUERY_EMULATOR_HOST=" in stdout
     assert "bigquery ready on 127.0.0.1:" in stderr
-    assert not env_file.exists()
+    assert not (workdir / "env").exists()
     assert processes_with_env(process_marker) == []
 
 
@@ -706,18 +713,7 @@ def test_make_stack_seeds_the_bucket_and_says_how_to_use_it(tmp_path: Path, proc
     first `plan` has something to compare), an env file that also puts this environment's tools
     on PATH, and a guide to the next commands."""
     workdir = tmp_path / "work"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "deploy.local.stack", "--no-function", "--workdir", str(workdir)],
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        env_file = workdir / "env"
-        wait_until(lambda: env_file.exists() or process.poll() is not None, "the env file")
-        lines = env_file.read_text().splitlines()
-        exported = dict(line.removeprefix("export ").split("=", 1) for line in lines)
+    with stack_command(workdir) as (process, exported, lines):
         client = storage.Client(
             project="local-project",
             credentials=AnonymousCredentials(),
@@ -734,10 +730,6 @@ def test_make_stack_seeds_the_bucket_and_says_how_to_use_it(tmp_path: Path, proc
         wait_until(seeded, "the bundled schemas in the bucket")
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=DEADLINE_S)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     assert f'export PATH={Path(sys.executable).parent}:"$PATH"' in lines
     assert exported["BOOTSTRAP_REQUESTS_TOPIC"] == "bootstrap-requests"
     assert f"seeded gs://tenant-schemas/schemas/ with {len(bundled)} bundled schema files" in stderr
